@@ -1,0 +1,1 @@
+"""Networks. Shared blocks live in :mod:`refocuslib.models.blocks`; one module per paper."""

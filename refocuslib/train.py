@@ -1,0 +1,276 @@
+"""One training loop for every paper (GAN or not): seeded on-the-fly batches, tqdm progress, validation with
+best-checkpoint keeping, atomic checkpoints, exact resume, optional DistributedDataParallel.
+
+A paper plugs in by subclassing :class:`TrainTask`:
+
+* ``make_batch(step, generator)`` builds the batch of one step from a ``torch.Generator`` seeded by
+  (seed, step, rank) — so a resumed run sees exactly the batches an uninterrupted run would have seen;
+* ``generate(batch)`` runs the generator; ``generator_loss(batch, output)`` and (GANs)
+  ``discriminator_loss(batch, output.detach())`` return (loss, logs);
+* ``validate()`` returns a dict with ``val_loss`` (lower is better) on a fixed validation set.
+
+Optimiser: Adam for the generator (``lr_g``; extra parameter groups via ``generator_param_groups``, e.g. a
+learnable phase mask) and for the discriminator (``lr_d``). Each step updates the discriminator (every
+``d_every``-th step) before the generator.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from refocuslib import __version__
+from refocuslib.io import load_checkpoint, save_checkpoint
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run. ``out_dir`` holds last.pt, best.pt (+ .sha256) and history.json."""
+    steps: int
+    out_dir: str
+    lr_g: float = 1e-4
+    lr_d: float = 3e-5
+    betas: Tuple[float, float] = (0.9, 0.999)
+    d_every: int = 1
+    val_every: int = 50
+    ckpt_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    grad_clip: Optional[float] = None
+    resume: bool = True
+    progress: bool = True
+    amp_bf16: bool = False
+
+    def __post_init__(self):
+        if int(self.steps) < 1:
+            raise ValueError(f"steps: must be >= 1, got {self.steps}")
+        for name in ("lr_g", "lr_d"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
+        for name in ("d_every", "val_every", "ckpt_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+
+
+class TrainTask(abc.ABC):
+    """Interface a paper implements to use :func:`fit` (see the module docstring)."""
+    generator: nn.Module
+    discriminator: Optional[nn.Module] = None
+
+    @abc.abstractmethod
+    def make_batch(self, step: int, generator: torch.Generator) -> Dict[str, Tensor]:
+        """The batch of ``step``, drawn only from ``generator`` (CPU tensors; the loop moves them)."""
+
+    @abc.abstractmethod
+    def generate(self, batch: Dict[str, Tensor]) -> Tensor:
+        """Generator forward pass."""
+
+    @abc.abstractmethod
+    def generator_loss(self, batch: Dict[str, Tensor], output: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+        """Generator loss (and scalar logs)."""
+
+    @abc.abstractmethod
+    def validate(self) -> Dict[str, float]:
+        """Metrics on a fixed validation set; must contain ``val_loss`` (lower is better)."""
+
+    def discriminator_loss(self, batch: Dict[str, Tensor], output: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+        raise TypeError(f"{type(self).__name__} has a discriminator but does not define discriminator_loss")
+
+    def generator_param_groups(self, lr_g: float) -> List[dict]:
+        return [{"params": [p for p in self.generator.parameters() if p.requires_grad], "lr": lr_g}]
+
+    def extra_state(self) -> dict:
+        """Non-module state to checkpoint (e.g. a learnable mask held outside the generator)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    history: List[dict]
+    validation: List[dict]
+    best_val_loss: float
+    best_step: int
+    last_step: int
+    out_dir: str
+    seconds: float
+    resumed_from: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of the batch of ``step`` on ``rank``: independent of how the run was interrupted."""
+    return (int(seed) * 1_000_003 + int(step) * 7919 + int(rank) * 104_729) % (2 ** 63 - 1)
+
+
+def _unwrap(m: Optional[nn.Module]) -> Optional[nn.Module]:
+    return getattr(m, "module", m)
+
+
+def _to_device(batch, device):
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _dist_info() -> Tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _state(task: TrainTask, opt_g, opt_d, step: int, best: float, best_step: int, history, validation, cfg):
+    return {
+        "step": step, "generator": _unwrap(task.generator).state_dict(),
+        "discriminator": None if task.discriminator is None else _unwrap(task.discriminator).state_dict(),
+        "opt_g": opt_g.state_dict(), "opt_d": None if opt_d is None else opt_d.state_dict(),
+        "best_val_loss": best, "best_step": best_step, "history": history, "validation": validation,
+        "extra": task.extra_state(), "config": asdict(cfg), "library_version": __version__,
+        "task": type(task).__name__,
+    }
+
+
+def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
+    """Train ``task`` for ``cfg.steps`` steps (resuming from ``out_dir/last.pt`` when present)."""
+    rank, world = _dist_info()
+    device = torch.device(cfg.device)
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(step_seed(cfg.seed, -1))
+    task.generator.to(device)
+    if task.discriminator is not None:
+        task.discriminator.to(device)
+    opt_g = torch.optim.Adam(task.generator_param_groups(cfg.lr_g), betas=cfg.betas)
+    opt_d = (torch.optim.Adam(task.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+             if task.discriminator is not None else None)
+
+    start, best, best_step, history, validation = 0, math.inf, -1, [], []
+    last_path = out / "last.pt"
+    if cfg.resume and last_path.exists():
+        ck = load_checkpoint(last_path, map_location=device)
+        _unwrap(task.generator).load_state_dict(ck["generator"])
+        if task.discriminator is not None and ck.get("discriminator") is not None:
+            _unwrap(task.discriminator).load_state_dict(ck["discriminator"])
+        opt_g.load_state_dict(ck["opt_g"])
+        if opt_d is not None and ck.get("opt_d") is not None:
+            opt_d.load_state_dict(ck["opt_d"])
+        task.load_extra_state(ck.get("extra", {}))
+        start, best, best_step = ck["step"], ck["best_val_loss"], ck["best_step"]
+        history, validation = ck["history"], ck["validation"]
+    resumed_from = start
+
+    if world > 1:  # DistributedDataParallel: gradients averaged across ranks, identical weights everywhere
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [device.index] if device.type == "cuda" else None
+        task.generator = DDP(task.generator, device_ids=ids)
+        if task.discriminator is not None:
+            task.discriminator = DDP(task.discriminator, device_ids=ids)
+
+    def save(step: int, name: str = "last.pt"):
+        if rank == 0:
+            save_checkpoint(out / name, _state(task, opt_g, opt_d, step, best, best_step, history, validation, cfg))
+
+    def run_validation(step: int):
+        nonlocal best, best_step
+        if rank != 0:
+            return
+        task.generator.eval()
+        with torch.no_grad():
+            val = {k: float(v) for k, v in task.validate().items()}
+        task.generator.train()
+        if "val_loss" not in val or not math.isfinite(val["val_loss"]):
+            raise ValueError(f"validate(): must return a finite 'val_loss', got {val}")
+        val["step"] = step
+        validation.append(val)
+        if val["val_loss"] < best:
+            best, best_step = val["val_loss"], step
+            save(step, "best.pt")
+
+    bar = None
+    if cfg.progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=start, desc=type(task).__name__, mininterval=1.0)
+    t0 = time.time()
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.amp_bf16
+                else torch.autocast(device_type=device.type, enabled=False))
+    window: Dict[str, List[float]] = {}  # logs averaged over each log_every window
+    task.generator.train()
+    if start == 0 and rank == 0 and not validation:
+        run_validation(0)
+    for step in range(start, cfg.steps):
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, rank))
+        batch = _to_device(task.make_batch(step, gen), device)
+        logs: Dict[str, float] = {}
+        with autocast:
+            output = task.generate(batch)
+        if task.discriminator is not None and step % cfg.d_every == 0:
+            with autocast:
+                d_loss, d_logs = task.discriminator_loss(batch, output.detach())
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            logs.update(d_logs)
+            logs["d_loss"] = float(d_loss)
+        with autocast:
+            g_loss, g_logs = task.generator_loss(batch, output)
+        if not torch.isfinite(g_loss):
+            raise FloatingPointError(f"generator loss became {float(g_loss)} at step {step}; lower lr_g "
+                                     f"(now {cfg.lr_g}) or check the data")
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in opt_g.param_groups for p in g["params"]], cfg.grad_clip)
+        opt_g.step()
+        logs.update(g_logs)
+        logs["g_loss"] = float(g_loss)
+        done = step + 1
+        for k, v in logs.items():
+            window.setdefault(k, []).append(float(v))
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            history.append({"step": done, **{k: sum(v) / len(v) for k, v in window.items()}})
+            window = {}
+        if done % cfg.val_every == 0 or done == cfg.steps:
+            run_validation(done)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save(done)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("g_loss", "d_loss")}, refresh=False)
+    if bar is not None:
+        bar.close()
+    if rank == 0:
+        (out / "history.json").write_text(json.dumps({"history": history, "validation": validation,
+                                                      "config": asdict(cfg)}, indent=1))
+    task.generator = _unwrap(task.generator)
+    task.discriminator = _unwrap(task.discriminator)
+    return TrainResult(history, validation, best, best_step, cfg.steps, str(out), time.time() - t0, resumed_from)
+
+
+def load_generator_weights(module: nn.Module, checkpoint_path, which: str = "generator") -> dict:
+    """Load the generator (or discriminator) weights of a checkpoint written by :func:`fit` into ``module``;
+    returns the checkpoint dict (its ``history``/``validation`` are provenance)."""
+    ck = load_checkpoint(checkpoint_path)
+    if which not in ck or ck[which] is None:
+        raise ValueError(f"checkpoint_path: {checkpoint_path} holds no '{which}' weights")
+    module.load_state_dict(ck[which])
+    return ck

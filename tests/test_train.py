@@ -1,0 +1,104 @@
+"""The shared training loop: learning, validation/best checkpoint, exact resume, GAN updates, bad input."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from refocuslib import losses
+from refocuslib.io import CorruptCheckpointError
+from refocuslib.models.blocks import PatchDiscriminator, ResUNet2D
+from refocuslib.train import TrainConfig, TrainTask, fit, load_generator_weights
+
+
+class BlurTask(TrainTask):
+    """Toy paired task: undo a fixed 3×3 box blur of random sparse spots (a miniature refocusing problem)."""
+
+    def __init__(self, gan: bool = False):
+        torch.manual_seed(0)
+        self.generator = ResUNet2D(1, 1, [(4, 4), (8, 8)])
+        self.discriminator = PatchDiscriminator(1, [4, 8]) if gan else None
+        g = torch.Generator().manual_seed(123)
+        self.val = self._pairs(8, g)
+
+    @staticmethod
+    def _pairs(n, g):
+        target = (torch.rand(n, 1, 16, 16, generator=g) > 0.9).float()
+        blurred = nn.functional.avg_pool2d(target, 3, stride=1, padding=1)
+        return blurred, target
+
+    def make_batch(self, step, generator):
+        x, y = self._pairs(4, generator)
+        return {"input": x, "target": y}
+
+    def generate(self, batch):
+        return self.generator(batch["input"])
+
+    def generator_loss(self, batch, output):
+        loss = losses.mae(output, batch["target"])
+        if self.discriminator is not None:
+            loss = losses.deepz_generator_loss(output, batch["target"], self.discriminator(output))
+        return loss, {"mae": losses.mae(output.detach(), batch["target"]).item()}
+
+    def discriminator_loss(self, batch, output):
+        return losses.lsgan_discriminator_loss(self.discriminator(batch["target"]),
+                                               self.discriminator(output)), {}
+
+    def validate(self):
+        x, y = self.val
+        return {"val_loss": float(losses.mae(self.generator(x), y))}
+
+
+def test_training_lowers_validation_loss_and_keeps_best(tmp_path):
+    task = BlurTask()
+    res = fit(task, TrainConfig(steps=60, out_dir=str(tmp_path), lr_g=3e-3, val_every=20, progress=False))
+    vals = [v["val_loss"] for v in res.validation]
+    assert vals[0] == pytest.approx(res.validation[0]["val_loss"]) and res.validation[0]["step"] == 0
+    assert vals[-1] < 0.7 * vals[0]
+    assert res.best_val_loss == min(vals)
+    ck = load_generator_weights(ResUNet2D(1, 1, [(4, 4), (8, 8)]), tmp_path / "best.pt")
+    assert ck["best_step"] == res.best_step
+    assert json.loads((tmp_path / "history.json").read_text())["history"][-1]["step"] == 60
+
+
+def test_resume_after_interrupt_gives_identical_weights(tmp_path):
+    full = BlurTask(gan=True)
+    fit(full, TrainConfig(steps=12, out_dir=str(tmp_path / "full"), lr_g=1e-3, ckpt_every=4, val_every=6,
+                          progress=False))
+    part = BlurTask(gan=True)
+    fit(part, TrainConfig(steps=8, out_dir=str(tmp_path / "part"), lr_g=1e-3, ckpt_every=4, val_every=6,
+                          progress=False))
+    resumed = BlurTask(gan=True)  # fresh process state: weights come back from last.pt
+    res = fit(resumed, TrainConfig(steps=12, out_dir=str(tmp_path / "part"), lr_g=1e-3, ckpt_every=4,
+                                   val_every=6, progress=False))
+    assert res.resumed_from == 8
+    for a, b in zip(full.generator.state_dict().values(), resumed.generator.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.discriminator.state_dict().values(), resumed.discriminator.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_gan_updates_both_networks(tmp_path):
+    task = BlurTask(gan=True)
+    d0 = [p.detach().clone() for p in task.discriminator.parameters()]
+    res = fit(task, TrainConfig(steps=4, out_dir=str(tmp_path), d_every=2, progress=False))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, task.discriminator.parameters()))
+    assert sum("d_loss" in h for h in res.history) >= 1
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    fit(BlurTask(), TrainConfig(steps=2, out_dir=str(tmp_path), progress=False))
+    data = bytearray((tmp_path / "last.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "last.pt").write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="last.pt"):
+        fit(BlurTask(), TrainConfig(steps=4, out_dir=str(tmp_path), progress=False))
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(steps=0), "steps"), (dict(lr_g=-1.0), "lr_g"),
+                                         (dict(val_every=0), "val_every")])
+def test_bad_config_names_the_parameter(tmp_path, kwargs, name):
+    args = dict(steps=2, out_dir=str(tmp_path))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        TrainConfig(**args)
