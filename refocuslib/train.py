@@ -194,10 +194,16 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
         nonlocal best, best_step
         if rank != 0:
             return
+        # validate on the bare modules: a DDP forward on rank 0 alone would wait for the other ranks
+        wrapped = task.generator, task.discriminator
+        task.generator, task.discriminator = _unwrap(task.generator), _unwrap(task.discriminator)
         task.generator.eval()
-        with torch.no_grad():
-            val = {k: float(v) for k, v in task.validate().items()}
-        task.generator.train()
+        try:
+            with torch.no_grad():
+                val = {k: float(v) for k, v in task.validate().items()}
+        finally:
+            task.generator.train()
+            task.generator, task.discriminator = wrapped
         if "val_loss" not in val or not math.isfinite(val["val_loss"]):
             raise ValueError(f"validate(): must return a finite 'val_loss', got {val}")
         val["step"] = step
@@ -230,7 +236,7 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
             d_loss.backward()
             opt_d.step()
             logs.update(d_logs)
-            logs["d_loss"] = float(d_loss)
+            logs["d_loss"] = d_loss.item()
         with autocast:
             g_loss, g_logs = task.generator_loss(batch, output)
         if not torch.isfinite(g_loss):
@@ -242,7 +248,7 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
             torch.nn.utils.clip_grad_norm_([p for g in opt_g.param_groups for p in g["params"]], cfg.grad_clip)
         opt_g.step()
         logs.update(g_logs)
-        logs["g_loss"] = float(g_loss)
+        logs["g_loss"] = g_loss.item()
         done = step + 1
         for k, v in logs.items():
             window.setdefault(k, []).append(float(v))
@@ -274,3 +280,103 @@ def load_generator_weights(module: nn.Module, checkpoint_path, which: str = "gen
         raise ValueError(f"checkpoint_path: {checkpoint_path} holds no '{which}' weights")
     module.load_state_dict(ck[which])
     return ck
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line / torchrun entry point
+# ----------------------------------------------------------------------------------------------------------
+#: named tasks: name → "module:factory"; the factory takes keyword parameters and returns a TrainTask.
+TASKS: Dict[str, str] = {}
+
+
+def resolve_task_factory(spec: str):
+    """``name`` from :data:`TASKS` or an explicit ``module:function``."""
+    import importlib
+    target = TASKS.get(spec, spec)
+    if ":" not in target:
+        raise ValueError(f"task: unknown task {spec!r}; known: {sorted(TASKS)} (or give module:function)")
+    module, func = target.split(":", 1)
+    return getattr(importlib.import_module(module), func)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (to check that DDP ranks hold identical weights)."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(_unwrap(module).state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _parse_value(text: str):
+    import yaml
+    return yaml.safe_load(text)
+
+
+def main(argv=None) -> int:
+    """``python -m refocuslib.train --task NAME --steps N --out DIR [--param k=v ...]``; under
+    ``torchrun --nproc_per_node=N`` every rank trains with DistributedDataParallel (nccl on GPU, gloo on CPU)
+    and ``--verify-sync`` checks that all ranks end with identical weights."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m refocuslib.train", description=main.__doc__)
+    ap.add_argument("--task", required=True, help="task name or module:function")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="keyword argument for the task factory (YAML value)")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--out", required=True, help="checkpoint folder")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--lr-g", type=float, default=1e-4)
+    ap.add_argument("--lr-d", type=float, default=3e-5)
+    ap.add_argument("--val-every", type=int, default=50)
+    ap.add_argument("--ckpt-every", type=int, default=50)
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--verify-sync", action="store_true", help="all-gather weight digests and compare ranks")
+    args = ap.parse_args(argv)
+    params = {}
+    for item in args.param:
+        if "=" not in item:
+            raise SystemExit(f"--param: expected KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        params[k] = _parse_value(v)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if world > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device.startswith("cuda") and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            device = f"cuda:{local_rank}"
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        task = resolve_task_factory(args.task)(**params)
+        cfg = TrainConfig(steps=args.steps, out_dir=args.out, lr_g=args.lr_g, lr_d=args.lr_d, seed=args.seed,
+                          device=device, val_every=args.val_every, ckpt_every=args.ckpt_every,
+                          progress=not args.no_progress)
+        result = fit(task, cfg)
+        rank, world = _dist_info()
+        digest = weights_digest(task.generator)
+        if task.discriminator is not None:
+            digest = weights_digest(task.generator) + "+" + weights_digest(task.discriminator)
+        if args.verify_sync and world > 1:
+            digests = [None] * world
+            dist.all_gather_object(digests, digest)
+            if len(set(digests)) != 1:
+                print(f"rank {rank}: weights differ across ranks: {digests}", flush=True)
+                return 1
+            if rank == 0:
+                print(f"ranks agree: {world} ranks, weights sha256 {digest}", flush=True)
+        if rank == 0:
+            print(json.dumps({"best_val_loss": result.best_val_loss, "best_step": result.best_step,
+                              "steps": result.last_step, "seconds": round(result.seconds, 2),
+                              "world_size": world, "weights_sha256": digest}), flush=True)
+        return 0
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""Benchmarks: ``python -m refocuslib.bench NAME [--n N] [--seed S] [--json out.json]``.
+
+``BENCHMARKS`` maps a name to a callable ``f(n=None, seed=0) -> dict[str, float]`` (``n=None`` means the
+benchmark's own default size). Add one with the :func:`register` decorator; ``all`` runs every registered
+benchmark. Each result is printed and, with ``--json``, written as ``{name: result}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+BENCHMARKS: dict[str, Callable[..., dict]] = {}
+
+
+def register(name: str):
+    """Decorator adding ``f(n=None, seed=0) -> dict`` to :data:`BENCHMARKS` under ``name``."""
+    def deco(f):
+        if name == "all":
+            raise ValueError("name: 'all' is reserved (runs every benchmark)")
+        BENCHMARKS[name] = f
+        return f
+    return deco
+
+
+def _best_time(f, repeats: int) -> float:
+    """Smallest wall time of ``repeats`` calls of ``f()`` (seconds)."""
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _gauss_flat(xy, A, x0, y0, sx, sy, B):
+    """Same model as :func:`refocuslib.metrics.fit_gaussian_2d`, flattened for ``curve_fit``."""
+    return A * np.exp(-((xy[0] - x0) ** 2 / (2 * sx * sx) + (xy[1] - y0) ** 2 / (2 * sy * sy))) + B
+
+
+def _gauss_flat_jac(xy, A, x0, y0, sx, sy, B):
+    """Analytic Jacobian (h·w, 6) of :func:`_gauss_flat`."""
+    dx, dy = xy[0] - x0, xy[1] - y0
+    g = np.exp(-(dx * dx / (2 * sx * sx) + dy * dy / (2 * sy * sy)))
+    Ag = A * g
+    return np.stack([g, Ag * dx / sx ** 2, Ag * dy / sy ** 2, Ag * dx * dx / sx ** 3, Ag * dy * dy / sy ** 3,
+                     np.ones_like(g)], axis=1)
+
+
+def _curve_fit_all(patches: np.ndarray, p0: np.ndarray, analytic_jac: bool = False) -> np.ndarray:
+    """Fit each patch with ``scipy.optimize.curve_fit`` (default 'lm', finite-difference Jacobian unless
+    ``analytic_jac``); (N, 6) params, NaN on failure."""
+    from scipy.optimize import curve_fit
+
+    n, h, w = patches.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    xy = np.vstack([xx.ravel(), yy.ravel()]).astype(np.float64)
+    jac = _gauss_flat_jac if analytic_jac else None
+    out = np.full((n, 6), np.nan)
+    for i in range(n):
+        try:
+            out[i] = curve_fit(_gauss_flat, xy, patches[i].ravel(), p0=p0[i], jac=jac)[0]
+        except (RuntimeError, ValueError):
+            pass
+    return out
+
+
+def make_spots(n: int, size: int = 15, seed: int = 0, photons=(200.0, 500.0), offset: float = 10.0,
+               sigma_px=(1.0, 3.0)):
+    """``n`` noisy 2D Gaussian spots (n, size, size) and their true params (n, 6) = (A, x0, y0, σx, σy, B).
+
+    Peak ``A`` uniform in ``photons``, σx, σy uniform in ``sigma_px``, centre within ±1.5 px of the patch
+    centre, background ``offset``; Poisson noise on the whole image.
+    """
+    rng = np.random.default_rng(seed)
+    c = (size - 1) / 2
+    true = np.stack([rng.uniform(*photons, n), c + rng.uniform(-1.5, 1.5, n), c + rng.uniform(-1.5, 1.5, n),
+                     rng.uniform(*sigma_px, n), rng.uniform(*sigma_px, n), np.full(n, float(offset))], axis=1)
+    from refocuslib.metrics import gaussian_2d_model
+
+    clean = gaussian_2d_model(true, (size, size))
+    return rng.poisson(clean).astype(np.float64), true
+
+
+@register("fwhm")
+def bench_fwhm(n: int | None = None, seed: int = 0, repeats: int = 3) -> dict:
+    """Batched LM Gaussian fit (:func:`refocuslib.metrics.fit_gaussian_2d`) vs ``curve_fit`` one by one.
+
+    Same spots, same start values (moments), same least-squares objective, one process. Reports fits/s
+    of both (best of ``repeats`` runs), their ratio (``speed_ratio`` = batched / curve_fit fits per
+    second, curve_fit with its default finite-difference Jacobian), the ratio against curve_fit given the
+    analytic Jacobian (``speed_ratio_vs_analytic_jac``, a stronger baseline), and the largest relative σ
+    difference on spots both fitted successfully.
+    """
+    from refocuslib.metrics import _initial_guess, fit_gaussian_2d
+
+    n = 2000 if n is None else int(n)
+    size = 15
+    patches, true = make_spots(n, size=size, seed=seed)
+    fit_gaussian_2d(patches[:4])            # warm-up (lazy imports)
+    _curve_fit_all(patches[:4], _initial_guess(patches[:4]))
+
+    t_batched = _best_time(lambda: fit_gaussian_2d(patches), repeats)
+    fit = fit_gaussian_2d(patches)
+    res = {}
+    t_cf = _best_time(lambda: res.__setitem__("p", _curve_fit_all(patches, _initial_guess(patches))), repeats)
+    cf = res["p"]
+    t_cfj = _best_time(lambda: _curve_fit_all(patches, _initial_guess(patches), analytic_jac=True), repeats)
+
+    sx_c, sy_c = np.abs(cf[:, 3]), np.abs(cf[:, 4])
+    with np.errstate(invalid="ignore"):
+        ok_c = (np.all(np.isfinite(cf), axis=1) & (cf[:, 0] > 0) & (sx_c > 0) & (sx_c < size) & (sy_c > 0)
+                & (sy_c < size) & (np.abs(cf[:, 1] - (size - 1) / 2) <= size / 2)
+                & (np.abs(cf[:, 2] - (size - 1) / 2) <= size / 2))
+    both = ok_c & fit.success
+    if both.any():
+        rel = np.concatenate([np.abs(fit.sigma_x[both] - sx_c[both]) / sx_c[both],
+                              np.abs(fit.sigma_y[both] - sy_c[both]) / sy_c[both]])
+        max_rel = float(rel.max())
+    else:
+        max_rel = math.nan
+    ok = fit.success
+    err_true = np.concatenate([np.abs(fit.sigma_x[ok] / true[ok, 3] - 1),
+                               np.abs(fit.sigma_y[ok] / true[ok, 4] - 1)])
+    return {
+        "n": n,
+        "batched_s": t_batched,
+        "curve_fit_s": t_cf,
+        "batched_fits_per_s": n / t_batched,
+        "curve_fit_fits_per_s": n / t_cf,
+        "speed_ratio": t_cf / t_batched,
+        "curve_fit_analytic_jac_fits_per_s": n / t_cfj,
+        "speed_ratio_vs_analytic_jac": t_cfj / t_batched,
+        "max_rel_sigma_diff": max_rel,
+        "n_compared": int(both.sum()),
+        "batched_success_rate": float(fit.success.mean()),
+        "curve_fit_success_rate": float(ok_c.mean()),
+        "batched_mean_iterations": float(fit.n_iter.mean()),
+        "median_rel_sigma_error_vs_truth": float(np.median(err_true)) if err_true.size else math.nan,
+    }
+
+
+def run(names, n: int | None = None, seed: int = 0) -> dict[str, dict]:
+    """Run the named benchmarks (``"all"`` expands to every registered one); returns ``{name: result}``."""
+    if isinstance(names, str):
+        names = [names]
+    todo = []
+    for name in names:
+        if name == "all":
+            todo.extend(BENCHMARKS)
+        elif name in BENCHMARKS:
+            todo.append(name)
+        else:
+            raise ValueError(f"name: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS) + ['all']}")
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
+        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    return {name: BENCHMARKS[name](n=n, seed=seed) for name in dict.fromkeys(todo)}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m refocuslib.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted(BENCHMARKS) + ["all"], help="benchmark to run")
+    parser.add_argument("--n", type=int, default=None, help="problem size (benchmark default if omitted)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write {name: result} to this JSON file")
+    args = parser.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        parser.error("--n: expected an integer >= 1")
+    results = {}
+    for name in (sorted(BENCHMARKS) if args.name == "all" else [args.name]):
+        t0 = time.perf_counter()
+        results[name] = BENCHMARKS[name](n=args.n, seed=args.seed)
+        print(f"[{name}] ({time.perf_counter() - t0:.1f} s)")
+        for k, v in results[name].items():
+            print(f"  {k:34s} {_fmt(v)}")
+        sys.stdout.flush()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
