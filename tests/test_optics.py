@@ -1,5 +1,6 @@
 """Physics checks of refocuslib.optics against textbook values and an independent oracle (pyotf)."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,7 +167,7 @@ def test_astigmatic_and_tetrapod_psfs_change_shape_with_z():
     assert e[0] * e[2] < 0 and abs(e[1]) < 0.05 * abs(e[0])  # elongation flips x ↔ y, round in focus
     # DeepSTORM3D optics: oil objective into water, nominal focal plane 1.5 µm, emitters 0–4 µm deep
     tetra = optics.widefield_psf([0.0, 2.0, 4.0], 64, 0.11, 1.45, 0.67, 1.518, n_sample=1.33, nfp_um=1.5,
-                                 mask=optics.tetrapod_mask(20.0), dtype=torch.float64).numpy()
+                                 mask=optics.tetrapod_mask(), dtype=torch.float64).numpy()
     e = _ellipticity(tetra)
     assert e[0] * e[2] < 0
 
@@ -208,3 +209,44 @@ def test_bad_optical_parameters_raise_naming_the_parameter(kwargs, name):
 def test_mask_array_on_wrong_grid_is_rejected():
     with pytest.raises(ValueError, match="mask"):
         optics.widefield_psf([0.0], 16, 0.1, 1.4, 0.6, 1.515, mask=np.zeros((5, 5)))
+
+
+SHARED_MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepstorm3d" / "masks"
+
+
+@pytest.mark.skipif(not (SHARED_MASKS / "mask_tetrapod.mat").exists(), reason="shared DeepSTORM3D data absent")
+def test_tetrapod_coefficients_reproduce_the_released_mask_model():
+    import scipy.io
+    from skimage.restoration import unwrap_phase
+    mask = scipy.io.loadmat(SHARED_MASKS / "mask_tetrapod.mat")["mask_tetra_model"]
+    n = mask.shape[0]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    radius_px = 0.15e6 * 1.45 / 100 / 24  # f·NA/(M·p) in mask pixels (data README)
+    rho, phi = torch.tensor(np.hypot(xx, yy) / radius_px), torch.tensor(np.arctan2(yy, xx))
+    inside = np.hypot(xx, yy) <= 82  # the mask's support ends at n_water/NA of the pupil
+    ours = optics.tetrapod_mask()(rho, phi).numpy()
+    diff = np.angle(np.exp(1j * (ours - mask)))[inside]
+    diff -= np.angle(np.exp(1j * diff).mean())  # a constant piston is irrelevant
+    assert np.abs(diff).max() < 5e-3
+    # the ArrayMask built from the released file gives the same PSFs as the Zernike form
+    arr = optics.ArrayMask(mask, pupil_radius_px=radius_px)
+    kw = dict(n_pixels=48, pixel_um=0.11, na=1.45, wavelength_um=0.67, n_immersion=1.518, n_sample=1.33,
+              nfp_um=1.5, dtype=torch.float64)
+    a = optics.widefield_psf([0.5, 2.0, 3.5], mask=arr, **kw).numpy()
+    b = optics.widefield_psf([0.5, 2.0, 3.5], mask=optics.tetrapod_mask(), **kw).numpy()
+    for pa, pb in zip(a, b):
+        assert np.corrcoef(pa.ravel(), pb.ravel())[0, 1] > 0.98
+
+
+def test_array_mask_interpolates_wrapped_phase_correctly():
+    """A linear phase ramp stored wrapped to (−π, π] must come back as the same ramp (mod 2π)."""
+    c = torch.linspace(-1, 1, 65, dtype=torch.float64)
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    ramp = 9.0 * xx
+    wrapped = torch.angle(torch.exp(1j * ramp))
+    grid = optics.make_pupil_grid(40, 0.1, 1.4, 0.6, 1.515, dtype=torch.float64)
+    got = optics.ArrayMask(wrapped, pupil_radius_px=32)(grid.rho, grid.phi)
+    expect = 9.0 * grid.rho * torch.cos(grid.phi)
+    inside = grid.rho <= 1.0
+    err = torch.angle(torch.exp(1j * (got - expect)))[inside]
+    assert float(err.abs().max()) < 0.05

@@ -1,0 +1,527 @@
+"""Run the notebooks by profile and assemble the reproduction report.
+
+Two halves (DESIGN.md "Data flow of one experiment"):
+
+* :class:`Recorder` — used *inside* a notebook so the notebook holds no logic: it saves figures (PNG), numbers
+  and "paper versus ours" claims with provenance (seed, profile, parameters, library version, git commit) as
+  ``<results_dir>/results.json``.
+* :func:`run_notebooks` — executes every ``notebooks/NN_*.py`` (py:percent, read with jupytext) through the
+  papermill Python API with the parameters of ``notebooks/params/<profile>.yaml``, writes the executed
+  notebook and a code-free HTML export to ``results/<profile>/<stem>/``, then ``summary.json`` and a
+  self-contained ``report.html`` under ``results/<profile>/``.
+
+Parameters YAML schema (``notebooks/params/<profile>.yaml``)::
+
+    defaults:              # merged into every notebook's parameters first
+      seed: 0
+      device: cpu
+    00_simulator_tour:     # one section per notebook, keyed by the notebook's file stem
+      n_pixels: 64
+      ...
+
+``profile``, ``results_dir`` (absolute ``results/<profile>/<stem>``) and ``seed`` are always injected.
+
+Command line: ``python -m refocuslib.reproduce --profile ci [--only 00_simulator_tour]`` or
+``refocuslib reproduce --profile ci``; the exit code is 1 if any notebook failed.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+__all__ = ["Recorder", "run_notebooks", "find_notebooks", "load_params", "notebook_parameters", "write_report",
+           "repo_root", "default_shared_data_dir", "git_commit", "provenance", "main"]
+
+NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.py$")
+FIGURE_DPI = 110
+
+
+# ----------------------------------------------------------------------------------------------- provenance
+def repo_root() -> Path:
+    """The repository holding this package (the parent of the ``refocuslib`` folder)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def default_shared_data_dir() -> Path:
+    """``<repo>/../shared/data``: the real data shared beside the repository (may not exist)."""
+    return repo_root().parent / "shared" / "data"
+
+
+def git_commit(cwd: Optional[os.PathLike] = None) -> str:
+    """``git rev-parse HEAD`` of the repository, or ``'unknown'`` (no git, not a checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(cwd or repo_root()), capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else "unknown"
+
+
+def _library_version() -> str:
+    try:
+        from refocuslib import __version__
+        return str(__version__)
+    except Exception:  # pragma: no cover - partially installed package
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def provenance() -> Dict[str, Any]:
+    """Library version, git commit, Python/torch/numpy versions, platform and the current time."""
+    info: Dict[str, Any] = {
+        "library_version": _library_version(),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.node(),
+        "time": _now(),
+    }
+    for mod in ("torch", "numpy"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:
+            info[mod] = "not installed"
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy/torch scalars and arrays, paths, tuples and sets to plain JSON types (NaN → None)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        import numpy as np
+        if isinstance(value, np.bool_):
+            return bool(value)
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, np.floating):
+            return _jsonable(float(value))
+        if isinstance(value, np.ndarray):
+            return _jsonable(value.tolist())
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------- recorder
+class Recorder:
+    """Collects a notebook's figures, numbers and claims into ``<results_dir>/results.json``.
+
+    ``rec = Recorder(results_dir, profile='ci', seed=0, params={...})``, then
+
+    * ``rec.figure(fig, name, caption='')`` saves ``<name>.png`` (dpi 110) and remembers the caption (the
+      figure stays open so the notebook still shows it),
+    * ``rec.number(key, value, unit='')`` records a measured number,
+    * ``rec.claim(claim, paper_figure, paper_value, ours, holds, note='')`` records one row of the "paper versus
+      ours" table (``holds``: True/False, or None when not decidable at this profile),
+    * ``rec.save()`` writes ``results.json`` (also written after every record, so a failing notebook keeps
+      what it had).
+
+    Numpy scalars are converted to float for JSON.
+    """
+
+    def __init__(self, results_dir, profile: str = "ci", seed: Optional[int] = None,
+                 params: Optional[Dict[str, Any]] = None, autosave: bool = True):
+        self.results_dir = Path(results_dir)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.profile = str(profile)
+        self.seed = seed
+        self.params = dict(params or {})
+        self.autosave = autosave
+        self.numbers: Dict[str, Dict[str, Any]] = {}
+        self.claims: List[Dict[str, Any]] = []
+        self.figures: List[Dict[str, str]] = []
+        self._started = _now()
+        self._provenance = provenance()
+
+    @property
+    def path(self) -> Path:
+        """``<results_dir>/results.json``."""
+        return self.results_dir / "results.json"
+
+    def figure(self, fig, name: str, caption: str = "") -> Path:
+        """Save a matplotlib figure as ``<name>.png`` (dpi 110) and remember its caption; returns the path."""
+        name = str(name)
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise ValueError(f"name: use letters, digits, '_', '-', '.', got {name!r}")
+        stem = name[:-4] if name.lower().endswith(".png") else name
+        path = self.results_dir / f"{stem}.png"
+        fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
+        self.figures = [f for f in self.figures if f["file"] != path.name]
+        self.figures.append({"file": path.name, "name": stem, "caption": str(caption)})
+        self._autosave()
+        return path
+
+    def number(self, key: str, value, unit: str = "") -> float:
+        """Record a number (converted to a plain float/int/bool) under ``key``; returns the converted value."""
+        v = _jsonable(value)
+        if isinstance(v, list) and len(v) == 1:
+            v = v[0]
+        self.numbers[str(key)] = {"value": v, "unit": str(unit)}
+        self._autosave()
+        return v
+
+    def claim(self, claim: str, paper_figure: str, paper_value, ours, holds: Optional[bool], note: str = ""):
+        """Record one "paper versus ours" row: what the paper shows, where, its value, ours, and whether the
+        claim (its direction) holds in our reproduction (None: not decidable at this profile)."""
+        self.claims.append({
+            "claim": str(claim), "paper_figure": str(paper_figure), "paper_value": _jsonable(paper_value),
+            "ours": _jsonable(ours), "holds": None if holds is None else bool(holds), "note": str(note)})
+        self._autosave()
+        return self.claims[-1]
+
+    def as_dict(self) -> Dict[str, Any]:
+        prov = dict(self._provenance)
+        prov.update({"seed": _jsonable(self.seed), "profile": self.profile, "params": _jsonable(self.params),
+                     "started": self._started, "time": _now()})
+        return {"numbers": self.numbers, "claims": self.claims, "figures": self.figures, "provenance": prov}
+
+    def save(self) -> Path:
+        """Write ``results.json`` (atomically) and return its path."""
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=2, ensure_ascii=False))
+        os.replace(tmp, self.path)
+        return self.path
+
+    def _autosave(self):
+        if self.autosave:
+            self.save()
+
+    def __repr__(self):
+        return (f"Recorder({str(self.results_dir)!r}, profile={self.profile!r}, {len(self.figures)} figures, "
+                f"{len(self.numbers)} numbers, {len(self.claims)} claims)")
+
+
+# ----------------------------------------------------------------------------------------- parameters, files
+def default_notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def find_notebooks(notebooks_dir=None, names: Optional[Iterable[str]] = None) -> List[Path]:
+    """``notebooks/NN_*.py`` sorted; ``names`` keeps those whose stem equals or starts with one of them."""
+    nb_dir = Path(notebooks_dir) if notebooks_dir is not None else default_notebooks_dir()
+    paths = sorted(p for p in nb_dir.glob("*.py") if NOTEBOOK_PATTERN.match(p.name))
+    if names:
+        names = [Path(str(n)).stem if str(n).endswith((".py", ".ipynb")) else str(n) for n in names]
+        paths = [p for p in paths if any(p.stem == n or p.stem.startswith(n) for n in names)]
+    return paths
+
+
+def load_params(profile: str, params_dir=None) -> Dict[str, Any]:
+    """Parse ``<params_dir>/<profile>.yaml`` (empty dict if the file is empty)."""
+    import yaml
+    pdir = Path(params_dir) if params_dir is not None else default_notebooks_dir() / "params"
+    path = pdir / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in pdir.glob("*.yaml")) if pdir.is_dir() else []
+        raise FileNotFoundError(f"profile {profile!r}: no {path} (profiles: {', '.join(known) or 'none'})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with 'defaults:' and one section per notebook")
+    return data
+
+
+def notebook_parameters(profile: str, stem: str, results_dir, params: Dict[str, Any]) -> Dict[str, Any]:
+    """``defaults`` then the notebook's own section, plus ``profile``, ``results_dir`` (absolute) and ``seed``."""
+    merged: Dict[str, Any] = {}
+    merged.update(params.get("defaults") or {})
+    merged.update(params.get(stem) or {})
+    merged["profile"] = profile
+    merged["results_dir"] = str(Path(results_dir).resolve())
+    merged["seed"] = int(merged.get("seed", 0))
+    return merged
+
+
+def _error_message(exc: BaseException, n_lines: int = 12) -> str:
+    """Last lines of a (papermill) traceback, ANSI colour codes removed."""
+    tb = getattr(exc, "traceback", None)
+    if tb:
+        text = "\n".join(tb) if isinstance(tb, (list, tuple)) else str(tb)
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    head = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
+    tail = "\n".join(lines[-n_lines:])
+    return tail if head.split(":")[0] in tail else head + "\n" + tail
+
+
+def _export_html(executed: Path, out_html: Path) -> None:
+    """Code-free HTML export of an executed notebook (nbconvert, ``exclude_input=True``)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    nb = nbformat.read(str(executed), as_version=4)
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    out_html.write_text(body, encoding="utf-8")
+
+
+def _run_one(path: Path, profile: str, params: Dict[str, Any], results_root: Path, kernel: str,
+             timeout_s: Optional[float], cwd: Path, log=print) -> Dict[str, Any]:
+    import jupytext
+    import nbformat
+    import papermill as pm
+
+    stem = path.stem
+    out_dir = (results_root / profile / stem).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_json = out_dir / "results.json"
+    if results_json.exists():
+        results_json.unlink()  # never report numbers of an earlier run
+    executed = out_dir / f"{stem}.ipynb"
+    nb_params = notebook_parameters(profile, stem, out_dir, params)
+    record: Dict[str, Any] = {"name": stem, "source": str(path), "status": "failed", "seconds": 0.0,
+                              "error": None, "parameters": _jsonable(nb_params),
+                              "notebook": f"{stem}/{executed.name}", "html": None,
+                              "numbers": {}, "claims": [], "figures": []}
+    log(f"[{profile}] {stem} ...", flush=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="refocuslib-nb-") as tmp:
+        try:
+            nb = jupytext.read(str(path))
+            src = Path(tmp) / f"{stem}.ipynb"
+            nbformat.write(nb, str(src))
+            pm.execute_notebook(str(src), str(executed), parameters=nb_params, kernel_name=kernel,
+                                cwd=str(cwd), progress_bar=False, execution_timeout=timeout_s)
+            record["status"] = "ok"
+        except Exception as exc:  # papermill raises PapermillExecutionError; anything else is ours too
+            record["error"] = _error_message(exc)
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    if executed.exists():
+        try:
+            _export_html(executed, out_dir / f"{stem}.html")
+            record["html"] = f"{stem}/{stem}.html"
+        except Exception as exc:
+            record["html_error"] = _error_message(exc, 4)
+    if results_json.exists():
+        try:
+            res = json.loads(results_json.read_text())
+            record["numbers"] = res.get("numbers", {})
+            record["claims"] = res.get("claims", [])
+            record["figures"] = res.get("figures", [])
+            record["provenance"] = res.get("provenance", {})
+        except (OSError, ValueError) as exc:
+            record["results_error"] = f"results.json unreadable: {exc}"
+    if not record["figures"]:  # notebook without a Recorder: still show its PNGs
+        record["figures"] = [{"file": p.name, "name": p.stem, "caption": ""} for p in sorted(out_dir.glob("*.png"))]
+    msg = f"[{profile}] {stem}: {record['status']} in {record['seconds']:.1f} s"
+    if record["error"]:
+        msg += "\n" + record["error"]
+    log(msg, flush=True)
+    return record
+
+
+def run_notebooks(profile: str = "ci", names: Optional[Sequence[str]] = None, results_root="results",
+                  notebooks_dir=None, params_dir=None, kernel: str = "python3",
+                  timeout_s: Optional[float] = None, quiet: bool = False) -> Dict[str, Any]:
+    """Execute the notebooks of a profile and write ``summary.json`` and ``report.html``.
+
+    ``names`` filters notebooks by stem or stem prefix (``['00']``, ``['00_simulator_tour']``);
+    ``results_root`` is relative to the current directory unless absolute; ``timeout_s`` limits each cell.
+    Returns the summary dict; ``summary['ok']`` is False if any notebook failed (or none matched).
+    """
+    nb_dir = Path(notebooks_dir) if notebooks_dir is not None else default_notebooks_dir()
+    pdir = Path(params_dir) if params_dir is not None else nb_dir / "params"
+    results_root = Path(results_root).resolve()
+    log = (lambda *a, **k: None) if quiet else print
+    params = load_params(profile, pdir)
+    paths = find_notebooks(nb_dir, names)
+    prov = provenance()
+    summary: Dict[str, Any] = {
+        "profile": profile, "library_version": prov["library_version"], "git_commit": prov["git_commit"],
+        "python": prov["python"], "torch": prov["torch"], "numpy": prov["numpy"], "platform": prov["platform"],
+        "machine": prov["machine"], "started": prov["time"], "notebooks_dir": str(nb_dir),
+        "params_file": str(pdir / f"{profile}.yaml"), "requested": list(names) if names else None,
+        "notebooks": [],
+    }
+    out_root = results_root / profile
+    out_root.mkdir(parents=True, exist_ok=True)
+    # papermill's kernel must find the package and the repository exactly as a user's Jupyter would
+    cwd = repo_root() if notebooks_dir is None else nb_dir.resolve().parent
+    t0 = time.perf_counter()
+    for path in paths:
+        summary["notebooks"].append(_run_one(path, profile, params, results_root, kernel, timeout_s, cwd, log))
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["finished"] = _now()
+    summary["n_failed"] = sum(r["status"] != "ok" for r in summary["notebooks"])
+    summary["ok"] = bool(paths) and summary["n_failed"] == 0
+    if not paths:
+        summary["error"] = f"no notebook matched {list(names) if names else 'NN_*.py'} in {nb_dir}"
+        log(summary["error"])
+    (out_root / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, ensure_ascii=False))
+    write_report(summary, out_root / "report.html")
+    log(f"report: {out_root / 'report.html'}")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------- report
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.4}
+h1{margin-bottom:.2em} .meta{color:#555;font-size:.9em}
+table{border-collapse:collapse;margin:1em 0;width:100%;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.35em .6em;text-align:left;vertical-align:top}
+th{background:#f2f2f2} .ok{color:#1a7f37;font-weight:bold} .failed{color:#cf222e;font-weight:bold}
+.yes{color:#1a7f37;font-weight:bold;text-align:center} .no{color:#cf222e;font-weight:bold;text-align:center}
+.na{color:#888;text-align:center}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{color:#444;font-size:.9em}
+pre.err{background:#fff0f0;border:1px solid #f5c2c2;padding:.6em;overflow-x:auto;font-size:.85em}
+section.nb{border-top:2px solid #ddd;margin-top:2em}
+"""
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict) and "value" in value:
+        return f"{_fmt(value['value'])} {value.get('unit', '')}".strip()
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _img_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def write_report(summary: Dict[str, Any], path) -> Path:
+    """One self-contained HTML page: header, the "paper versus ours" table, then per notebook its status,
+    time, numbers, figures (PNG embedded as base64) and a link to its code-free HTML export."""
+    path = Path(path)
+    root = path.parent
+    e = html.escape
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+           f"<title>refocuslib reproduction — {e(summary['profile'])}</title><style>{_CSS}</style></head><body>",
+           f"<h1>refocuslib reproduction report — profile <code>{e(summary['profile'])}</code></h1>",
+           "<p class='meta'>"
+           f"refocuslib {e(str(summary.get('library_version')))} · commit <code>{e(str(summary.get('git_commit')))}</code>"
+           f" · started {e(str(summary.get('started')))} · {e(str(summary.get('seconds', '?')))} s<br>"
+           f"machine {e(str(summary.get('machine')))} · {e(str(summary.get('platform')))} · Python "
+           f"{e(str(summary.get('python')))} · torch {e(str(summary.get('torch')))}</p>"]
+    nbs = summary.get("notebooks", [])
+    n_ok = sum(r["status"] == "ok" for r in nbs)
+    out.append(f"<p><b>{n_ok} of {len(nbs)} notebooks ran.</b></p>")
+    if summary.get("error"):
+        out.append(f"<pre class='err'>{e(summary['error'])}</pre>")
+
+    out.append("<h2>Paper versus ours</h2><table><tr><th>notebook</th><th>claim</th><th>paper figure</th>"
+               "<th>paper value</th><th>ours</th><th>direction holds</th></tr>")
+    n_claims = 0
+    for r in nbs:
+        for c in r.get("claims", []):
+            n_claims += 1
+            holds = c.get("holds")
+            cell = ("<td class='yes'>✓</td>" if holds else "<td class='no'>✗</td>") if holds is not None \
+                else "<td class='na'>–</td>"
+            note = f"<br><small>{e(c['note'])}</small>" if c.get("note") else ""
+            out.append(f"<tr><td><a href='#{e(r['name'])}'>{e(r['name'])}</a></td><td>{e(str(c.get('claim')))}"
+                       f"{note}</td><td>{e(str(c.get('paper_figure')))}</td><td>{e(_fmt(c.get('paper_value')))}</td>"
+                       f"<td>{e(_fmt(c.get('ours')))}</td>{cell}</tr>")
+    if not n_claims:
+        out.append("<tr><td colspan='6'>no claims recorded</td></tr>")
+    out.append("</table>")
+
+    out.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>time (s)</th>"
+               "<th>figures</th><th>claims holding</th></tr>")
+    for r in nbs:
+        cl = r.get("claims", [])
+        held = sum(c.get("holds") is True for c in cl)
+        decided = sum(c.get("holds") is not None for c in cl)
+        out.append(f"<tr><td><a href='#{e(r['name'])}'>{e(r['name'])}</a></td><td class='{e(r['status'])}'>"
+                   f"{e(r['status'])}</td><td>{r['seconds']:.1f}</td><td>{len(r.get('figures', []))}</td>"
+                   f"<td>{held}/{decided}</td></tr>")
+    out.append("</table>")
+
+    for r in nbs:
+        nb_dir = root / r["name"]
+        out.append(f"<section class='nb' id='{e(r['name'])}'><h2>{e(r['name'])}</h2>")
+        links = []
+        if r.get("html"):
+            links.append(f"<a href='{e(r['html'])}'>notebook without code (HTML)</a>")
+        if r.get("notebook") and (root / r["notebook"]).exists():
+            links.append(f"<a href='{e(r['notebook'])}'>executed notebook (.ipynb)</a>")
+        out.append(f"<p>status <span class='{e(r['status'])}'>{e(r['status'])}</span> · {r['seconds']:.1f} s"
+                   + (" · " + " · ".join(links) if links else "") + "</p>")
+        if r.get("error"):
+            out.append(f"<pre class='err'>{e(r['error'])}</pre>")
+        if r.get("numbers"):
+            out.append("<table><tr><th>number</th><th>value</th></tr>")
+            for k, v in r["numbers"].items():
+                out.append(f"<tr><td>{e(k)}</td><td>{e(_fmt(v))}</td></tr>")
+            out.append("</table>")
+        for f in r.get("figures", []):
+            png = nb_dir / f["file"]
+            if not png.is_file():
+                continue
+            cap = f"<figcaption><b>{e(f.get('name', ''))}</b> {e(f.get('caption', ''))}</figcaption>"
+            out.append(f"<figure>{_img_tag(png, f.get('name', ''))}{cap}</figure>")
+        out.append("</section>")
+    out.append("</body></html>")
+    path.write_text("\n".join(out), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ command line
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``reproduce`` options, shared by ``python -m refocuslib.reproduce`` and ``refocuslib reproduce``."""
+    parser.add_argument("--profile", default="ci", help="parameter profile: notebooks/params/<profile>.yaml "
+                                                        "(ci: small, CPU, minutes; full: paper scale, GPU)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=None,
+                        help="run only notebooks whose stem equals or starts with NAME (e.g. 00 or 00_simulator_tour)")
+    parser.add_argument("--results", default="results", help="results root (default: ./results)")
+    parser.add_argument("--notebooks", default=None, help="notebooks folder (default: the repository's notebooks/)")
+    parser.add_argument("--params", default=None, help="parameters folder (default: <notebooks>/params)")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    parser.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run what the parsed ``reproduce`` options ask for; 0 if every notebook ran, else 1."""
+    summary = run_notebooks(profile=args.profile, names=args.only, results_root=args.results,
+                            notebooks_dir=args.notebooks, params_dir=args.params, kernel=args.kernel,
+                            timeout_s=args.timeout)
+    return 0 if summary["ok"] else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="python -m refocuslib.reproduce", description="Run the notebooks by profile and write the report."))
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Notebooks: structure lint (fast) and a CI-scale run of every notebook through the reproduce runner (slow)."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+yaml = pytest.importorskip("yaml")
+
+from refocuslib import reproduce  # noqa: E402
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = reproduce.find_notebooks(NOTEBOOKS_DIR)
+
+
+def _params(profile):
+    return yaml.safe_load((NOTEBOOKS_DIR / "params" / f"{profile}.yaml").read_text()) or {}
+
+
+def test_notebooks_exist():
+    assert NOTEBOOKS, f"no NN_*.py notebooks in {NOTEBOOKS_DIR}"
+    assert (NOTEBOOKS_DIR / "jupytext.toml").is_file()
+
+
+@pytest.mark.parametrize("profile", ["ci", "full"])
+def test_params_yaml_schema(profile):
+    params = _params(profile)
+    assert isinstance(params.get("defaults"), dict), f"{profile}.yaml: needs a 'defaults:' mapping"
+    assert "seed" in params["defaults"] and "device" in params["defaults"]
+    stems = {p.stem for p in NOTEBOOKS}
+    for key, section in params.items():
+        assert key == "defaults" or key in stems, f"{profile}.yaml: section {key!r} names no notebook"
+        assert isinstance(section, dict), f"{profile}.yaml: section {key!r} must be a mapping"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_lint(path):
+    nb = jupytext.read(str(path))
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", \
+        f"{path.name}: set kernelspec name python3 in the jupytext YAML header"
+    param_cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(param_cells) == 1, f"{path.name}: expected exactly one cell tagged 'parameters'"
+    cell = param_cells[0]
+    assert cell.cell_type == "code"
+    tree = ast.parse(cell.source)
+    assigned = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                if isinstance(t, ast.Name)}
+    assert {"profile", "results_dir"} <= assigned, f"{path.name}: parameters cell must define profile, results_dir"
+    assert all(isinstance(n, ast.Assign) for n in tree.body), \
+        f"{path.name}: the parameters cell holds plain assignments only"
+    # papermill must read every parameter (it skips lines it cannot parse, e.g. '=' inside a comment)
+    from papermill.translators import PythonTranslator
+    inspected = {p.name for p in PythonTranslator.inspect(cell)}
+    assert inspected == assigned, f"{path.name}: papermill cannot parse {sorted(assigned - inspected)}"
+    # notebooks hold no logic: no function or class definitions
+    for c in nb.cells:
+        if c.cell_type == "code":
+            src = "\n".join(l for l in c.source.splitlines() if not l.lstrip().startswith(("%", "!")))
+            for node in ast.walk(ast.parse(src)):
+                assert not isinstance(node, (ast.FunctionDef, ast.ClassDef)), \
+                    f"{path.name}: define {node.name} in the library, not the notebook"
+    for profile in ("ci", "full"):
+        assert path.stem in _params(profile), f"params/{profile}.yaml: add a '{path.stem}:' section"
+
+
+# ------------------------------------------------------------------------------------------ the CI run
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    summary = reproduce.run_notebooks("ci", results_root=root, quiet=True)
+    return root / "ci", summary
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_all_notebooks_run_at_ci_scale(ci_run):
+    out, summary = ci_run
+    failed = {r["name"]: r["error"] for r in summary["notebooks"] if r["status"] != "ok"}
+    assert not failed, "notebooks failed:\n" + "\n\n".join(f"{k}:\n{v}" for k, v in failed.items())
+    assert summary["ok"]
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_summary_and_report(ci_run):
+    out, summary = ci_run
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["profile"] == "ci"
+    assert {r["name"] for r in on_disk["notebooks"]} == {p.stem for p in NOTEBOOKS}
+    for key in ("library_version", "git_commit", "python", "torch", "platform", "started"):
+        assert on_disk[key]
+    report = (out / "report.html").read_text()
+    assert "Paper versus ours" in report
+    for r in on_disk["notebooks"]:
+        nb_dir = out / r["name"]
+        assert (nb_dir / f"{r['name']}.ipynb").is_file()
+        html = (nb_dir / f"{r['name']}.html").read_text()
+        assert "from refocuslib" not in html, f"{r['name']}.html should not show code"
+        assert (nb_dir / "results.json").is_file(), f"{r['name']}: no results.json (use reproduce.Recorder)"
+        assert r["figures"], f"{r['name']}: recorded no figure"
+        section = report.split(f"id='{r['name']}'", 1)[1].split("<section", 1)[0]
+        assert "data:image/png;base64," in section, f"report embeds no image for {r['name']}"
+        prov = json.loads((nb_dir / "results.json").read_text())["provenance"]
+        assert prov["profile"] == "ci" and prov["seed"] == 0 and prov["git_commit"]

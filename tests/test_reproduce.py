@@ -1,0 +1,153 @@
+"""reproduce: the Recorder's JSON, the runner on tiny notebooks (one failing), the CLI exit code."""
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from refocuslib import cli, reproduce
+
+pytest.importorskip("papermill")
+
+HEADER = textwrap.dedent('''\
+    # ---
+    # jupyter:
+    #   kernelspec:
+    #     display_name: Python 3
+    #     language: python
+    #     name: python3
+    # ---
+    ''')
+
+
+def test_recorder_writes_numbers_claims_figures_and_provenance(tmp_path):
+    import matplotlib.pyplot as plt
+
+    rec = reproduce.Recorder(tmp_path / "out", profile="ci", seed=3, params={"n": np.int64(4), "a": np.float32(0.5)})
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png = rec.figure(fig, "line", caption="a line")
+    plt.close(fig)
+    assert png.is_file() and png.name == "line.png"
+    assert rec.number("fwhm_um", np.float32(0.25), "µm") == pytest.approx(0.25)
+    rec.number("count", np.int64(7))
+    rec.number("nan", float("nan"))
+    rec.claim("A beats B", "Fig. 2b", "0.9", np.float64(0.95), np.bool_(True), note="CI scale")
+    rec.claim("undecided", "Fig. 3", None, None, None)
+    path = rec.save()
+    data = json.loads(path.read_text())
+    assert data["numbers"]["fwhm_um"] == {"value": pytest.approx(0.25), "unit": "µm"}
+    assert data["numbers"]["count"]["value"] == 7 and data["numbers"]["nan"]["value"] is None
+    assert data["claims"][0] == {"claim": "A beats B", "paper_figure": "Fig. 2b", "paper_value": "0.9",
+                                 "ours": 0.95, "holds": True, "note": "CI scale"}
+    assert data["claims"][1]["holds"] is None
+    assert data["figures"] == [{"file": "line.png", "name": "line", "caption": "a line"}]
+    prov = data["provenance"]
+    assert prov["seed"] == 3 and prov["profile"] == "ci" and prov["params"] == {"n": 4, "a": 0.5}
+    for key in ("library_version", "git_commit", "time", "python", "torch"):
+        assert prov[key]
+
+
+def test_recorder_rejects_bad_figure_names(tmp_path):
+    rec = reproduce.Recorder(tmp_path)
+    with pytest.raises(ValueError):
+        rec.figure(None, "../escape")
+
+
+def test_notebook_parameters_merge_order(tmp_path):
+    params = {"defaults": {"seed": 1, "device": "cpu", "n": 1}, "01_x": {"n": 5}}
+    p = reproduce.notebook_parameters("ci", "01_x", tmp_path / "r", params)
+    assert p == {"seed": 1, "device": "cpu", "n": 5, "profile": "ci", "results_dir": str((tmp_path / "r").resolve())}
+    assert reproduce.notebook_parameters("ci", "02_y", tmp_path, {})["seed"] == 0
+
+
+@pytest.fixture
+def tiny_project(tmp_path):
+    nb_dir = tmp_path / "notebooks"
+    (nb_dir / "params").mkdir(parents=True)
+    (nb_dir / "01_good.py").write_text(HEADER + textwrap.dedent('''\
+        # %% tags=["parameters"]
+        profile = "ci"
+        results_dir = "results"
+        seed = 0
+        value = 1.0
+
+        # %%
+        import matplotlib.pyplot as plt
+        from refocuslib.reproduce import Recorder
+        rec = Recorder(results_dir, profile=profile, seed=seed, params={"value": value})
+        fig, ax = plt.subplots()
+        ax.plot([0, value])
+        rec.figure(fig, "plot", "a plot")
+        rec.number("value", value)
+        rec.claim("value is two", "Fig. 1", 2, value, value == 2)
+        rec.save()
+        '''))
+    (nb_dir / "02_bad.py").write_text(HEADER + textwrap.dedent('''\
+        # %% tags=["parameters"]
+        profile = "ci"
+        results_dir = "results"
+
+        # %%
+        raise RuntimeError("deliberate failure " + profile)
+        '''))
+    (nb_dir / "params" / "ci.yaml").write_text("defaults:\n  seed: 5\n01_good:\n  value: 2.0\n02_bad: {}\n")
+    return nb_dir
+
+
+def test_run_notebooks_reports_failure(tiny_project, tmp_path):
+    summary = reproduce.run_notebooks("ci", results_root=tmp_path / "res", notebooks_dir=tiny_project, quiet=True)
+    by = {r["name"]: r for r in summary["notebooks"]}
+    assert list(by) == ["01_good", "02_bad"]
+    assert by["01_good"]["status"] == "ok", by["01_good"]["error"]
+    assert by["01_good"]["numbers"]["value"]["value"] == 2.0  # yaml section overrides the default
+    assert by["01_good"]["claims"][0]["holds"] is True
+    assert by["02_bad"]["status"] == "failed"
+    assert "deliberate failure ci" in by["02_bad"]["error"]
+    assert summary["ok"] is False and summary["n_failed"] == 1
+    out = tmp_path / "res" / "ci"
+    saved = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in saved["notebooks"]] == ["ok", "failed"]
+    prov = json.loads((out / "01_good" / "results.json").read_text())["provenance"]
+    assert prov["seed"] == 5 and prov["params"] == {"value": 2.0}
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 1
+    assert "deliberate failure" in report and "✓" in report
+    assert (out / "02_bad" / "02_bad.html").is_file()  # the failing notebook is still exported
+    html = (out / "01_good" / "01_good.html").read_text()
+    assert "Recorder(" not in html  # exported without code
+    # filter by prefix
+    only = reproduce.run_notebooks("ci", names=["01"], results_root=tmp_path / "res2",
+                                   notebooks_dir=tiny_project, quiet=True)
+    assert [r["name"] for r in only["notebooks"]] == ["01_good"] and only["ok"]
+
+
+def test_cli_exit_codes(tiny_project, tmp_path, capsys):
+    common = ["--profile", "ci", "--results", str(tmp_path / "cli"), "--notebooks", str(tiny_project)]
+    assert cli.main(["reproduce", *common, "--only", "02_bad"]) == 1
+    assert cli.main(["reproduce", *common, "--only", "01_good"]) == 0
+    assert reproduce.main([*common, "--only", "02"]) == 1
+    assert cli.main(["reproduce", *common, "--only", "no_such_notebook"]) == 1
+
+
+def test_cli_without_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "reproduce" in capsys.readouterr().out
+
+
+def test_cli_registry_accepts_new_subcommands():
+    def setup(sub):
+        p = sub.add_parser("hello-test")
+        p.add_argument("--n", type=int, default=3)
+        p.set_defaults(func=lambda args: args.n)
+
+    cli.register_subcommand(setup)
+    try:
+        assert cli.main(["hello-test", "--n", "4"]) == 4
+    finally:
+        cli.SUBCOMMANDS.remove(setup)
+
+
+def test_unknown_profile_names_the_known_ones(tiny_project, tmp_path):
+    with pytest.raises(FileNotFoundError, match="ci"):
+        reproduce.run_notebooks("nope", results_root=tmp_path, notebooks_dir=tiny_project, quiet=True)
