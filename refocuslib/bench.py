@@ -145,6 +145,34 @@ def bench_fwhm(n: int | None = None, seed: int = 0, repeats: int = 3) -> dict:
     }
 
 
+@register("simulator")
+def bench_simulator(n: int | None = None, seed: int = 0, repeats: int = 2) -> dict:
+    """Simulator throughput at Deep-Z optics (20×/0.75, 0.325 µm): paired training planes per second by FFT
+    volume imaging (``imaging.image_volume``, the path the datasets use), against the exact per-emitter point
+    renderer (``imaging.render_points``) on the same beads in the same process; and PSF planes per second."""
+    import torch
+
+    from refocuslib import imaging, optics, samples
+
+    size = int(n or 128)
+    mic = optics.DEEPZ_20X
+    nz, dz = 21, 0.5
+    fov = size * mic.pixel_um
+    beads = samples.beads_3d(seed, 40, (fov, fov), (-5.0, 5.0), min_separation_um=1.0)
+    volume = samples.points_to_volume(beads, (nz, size, size), (dz, mic.pixel_um), z0_um=-5.0)
+    psf_stack = imaging.psf_stack_for_volume(mic, nz, dz, 2 * size + 1)
+    pair = [nz // 2 - 4, nz // 2]  # one input plane and one target plane
+    t_fft = _best_time(lambda: imaging.image_volume(volume, mic, dz, focal_indices=pair, psf_stack=psf_stack),
+                       repeats)
+    planes_um = [-2.0, 0.0]
+    t_points = _best_time(lambda: imaging.render_points(beads, mic, planes_um, (size, size)), 1)
+    t_psf = _best_time(lambda: optics.widefield_psf(np.linspace(-5, 5, 64), 64, mic.pixel_um, mic.na,
+                                                    mic.wavelength_um, mic.n_immersion), repeats)
+    return {"image_px": size, "beads": len(beads), "pairs_per_s_fft_volume": 1.0 / t_fft,
+            "pairs_per_s_exact_points": 1.0 / t_points, "ratio_fft_over_points": t_points / t_fft,
+            "psf_planes_per_s_64px": 64 / t_psf, "torch_threads": torch.get_num_threads()}
+
+
 def run(names, n: int | None = None, seed: int = 0) -> dict[str, dict]:
     """Run the named benchmarks (``"all"`` expands to every registered one); returns ``{name: result}``."""
     if isinstance(names, str):
