@@ -151,3 +151,34 @@ def test_cli_registry_accepts_new_subcommands():
 def test_unknown_profile_names_the_known_ones(tiny_project, tmp_path):
     with pytest.raises(FileNotFoundError, match="ci"):
         reproduce.run_notebooks("nope", results_root=tmp_path, notebooks_dir=tiny_project, quiet=True)
+
+
+def test_readme_results_table_is_generated_from_the_committed_summaries():
+    """The README's paper-versus-ours table equals what the committed run summaries generate (never typed)."""
+    from refocuslib import reproduce
+    root = reproduce.repo_root()
+    text = (root / "README.md").read_text()
+    block = text.split(reproduce.README_START, 1)[1].split(reproduce.README_END, 1)[0].strip("\n")
+    ci, full = reproduce.load_committed_summary("ci", root), reproduce.load_committed_summary("full", root)
+    if ci is None and full is None:
+        assert block == "No run summary committed yet."
+    else:
+        assert block == reproduce.claims_markdown(ci, full).strip("\n")
+
+
+def test_claims_markdown_and_update_readme(tmp_path):
+    from refocuslib import reproduce
+    summary = {"profile": "ci", "git_commit": "abc", "started": "now", "machine": "x86_64", "torch": "2",
+               "seconds": 1.0, "notebooks": [{"name": "01_x", "results": {"claims": [
+                   {"claim": "A beats B", "paper_figure": "Fig. 1", "paper_value": 2.0, "ours": 1.5, "holds": True}]}}]}
+    table = reproduce.claims_markdown(summary, None)
+    assert "| `01_x` | A beats B | Fig. 1 | 2 | 1.5 | ✓ | not run | – |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{reproduce.README_START}\nSTALE-ROW\n{reproduce.README_END}\nrest\n")
+    assert reproduce.update_readme(readme, table)
+    assert "A beats B" in readme.read_text() and "STALE-ROW" not in readme.read_text()
+    assert readme.read_text().endswith("rest\n")
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="readme_path"):
+        reproduce.update_readme(plain, table)
