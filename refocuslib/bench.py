@@ -173,6 +173,92 @@ def bench_simulator(n: int | None = None, seed: int = 0, repeats: int = 2) -> di
             "psf_planes_per_s_64px": 64 / t_psf, "torch_threads": torch.get_num_threads()}
 
 
+@register("deepz")
+def bench_deepz(n: int | None = None, seed: int = 0, repeats: int = 2, batch: int = 2,
+                models=((1.0, 5), (0.25, 4))) -> dict:
+    """Deep-Z generator inference time per image (Wu et al. 2019) at 512² and 1024² (``n``: one size instead),
+    for the paper-width generator (width 1, 5 levels) and the CI-width one (0.25, 4 levels).
+
+    Baseline, in the same process: float32 eager, batch 1, autograd on (a plain ``model(x)``). Fast path (what
+    :func:`refocuslib.inference.refocus_stack` does, plus channels_last): ``torch.inference_mode``,
+    channels_last memory format, ``batch`` images (here DPM planes) per forward. Reports seconds per image
+    (best of ``repeats``), their ratio and the largest difference between the two outputs.
+    """
+    import torch
+
+    from refocuslib.models.deepz import DeepZGenerator
+
+    sizes = (512, 1024) if n is None else (int(n),)
+    out: dict = {"threads": torch.get_num_threads(), "batch": batch}
+    for width, levels in models:
+        torch.manual_seed(seed)
+        model = DeepZGenerator(width, levels=levels).eval()
+        tag = f"w{width:g}_l{levels}"
+        for size in sizes:
+            g = torch.Generator().manual_seed(seed)
+            x = torch.rand(batch, 2, size, size, generator=g)
+            reps = 1 if (width >= 1.0 and size >= 1024) else repeats
+            res = {}
+
+            def baseline():
+                res["base"] = model(x[:1])
+
+            def fast():
+                with torch.inference_mode():
+                    res["fast"] = model(x.contiguous(memory_format=torch.channels_last))
+
+            t_base = _best_time(baseline, reps)
+            res.pop("base")
+            fast_model = model.to(memory_format=torch.channels_last)
+            t_fast = _best_time(fast, reps) / batch
+            model = fast_model.to(memory_format=torch.contiguous_format)
+            with torch.no_grad():
+                ref = model(x[:1])
+            out[f"{tag}_{size}_baseline_s_per_image"] = t_base
+            out[f"{tag}_{size}_fast_s_per_image"] = t_fast
+            out[f"{tag}_{size}_speedup"] = t_base / t_fast
+            out[f"{tag}_{size}_max_abs_diff"] = float((res["fast"][:1].float() - ref).abs().max())
+        out[f"{tag}_parameters"] = sum(p.numel() for p in model.parameters())
+    return out
+
+
+@register("recurrent_mz")
+def bench_recurrent_mz(n: int | None = None, seed: int = 0, size: int = 256, n_inputs: int = 3,
+                       batch_planes: int = 4, rmz=(1.0, 4), deepz=(1.0, 5)) -> dict:
+    """Volume reconstruction time of Recurrent-MZ (Huang et al. 2021) for ``n`` (default 101) output planes of
+    ``size``² from ``n_inputs`` planes, against Deep-Z refocusing the nearest input plane to every output plane,
+    in the same process. Paper-width networks by default (``rmz``/``deepz`` = (width, levels)), untrained
+    weights (timing does not depend on them), ``torch.no_grad``, ``batch_planes`` output planes per forward.
+    """
+    import torch
+
+    from refocuslib.models.deepz import DeepZGenerator
+    from refocuslib.models.recurrent_mz import RecurrentMZ
+    from refocuslib.tasks.recurrent_mz import deepz_nearest_volume, recurrent_mz_volume
+
+    nz = 101 if n is None else int(n)
+    torch.manual_seed(seed)
+    rmz_net = RecurrentMZ(width=rmz[0], levels=rmz[1]).eval()
+    dz_net = DeepZGenerator(width=deepz[0], levels=deepz[1]).eval()
+    rng = np.random.default_rng(seed)
+    images = rng.random((n_inputs, size, size), dtype=np.float32)
+    z_out = np.arange(nz) * 0.1
+    z_in = np.linspace(z_out[0], z_out[-1], n_inputs + 2)[1:-1]
+    recurrent_mz_volume(rmz_net, images, z_in, z_out[:1], batch_planes=1)  # warm-up
+    deepz_nearest_volume(dz_net, images, z_in, z_out[:1], batch_planes=1)
+    res = {}
+    t_rmz = _best_time(lambda: res.__setitem__("rmz", recurrent_mz_volume(rmz_net, images, z_in, z_out,
+                                                                           batch_planes=batch_planes)), 1)
+    t_dz = _best_time(lambda: res.__setitem__("dz", deepz_nearest_volume(dz_net, images, z_in, z_out,
+                                                                         batch_planes=batch_planes)), 1)
+    return {"volume": f"{nz}x{size}x{size}", "n_inputs": n_inputs, "threads": torch.get_num_threads(),
+            "recurrent_mz_s": t_rmz, "deepz_nearest_s": t_dz, "recurrent_mz_planes_per_s": nz / t_rmz,
+            "deepz_planes_per_s": nz / t_dz, "ratio_rmz_over_deepz": t_rmz / t_dz,
+            "recurrent_mz_parameters": sum(p.numel() for p in rmz_net.parameters()),
+            "deepz_parameters": sum(p.numel() for p in dz_net.parameters()),
+            "output_shape_ok": bool(res["rmz"].shape == res["dz"].shape == (nz, size, size))}
+
+
 def run(names, n: int | None = None, seed: int = 0) -> dict[str, dict]:
     """Run the named benchmarks (``"all"`` expands to every registered one); returns ``{name: result}``."""
     if isinstance(names, str):
