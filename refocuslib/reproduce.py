@@ -505,7 +505,7 @@ COMMITTED_RESULTS = Path("data") / "results"
 def _claim_rows(summary: Optional[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
     rows: Dict[tuple, Dict[str, Any]] = {}
     for nb in (summary or {}).get("notebooks", []):
-        for c in (nb.get("results") or {}).get("claims", []):
+        for c in nb.get("claims") or []:
             rows[(nb["name"], c.get("claim"))] = dict(c, notebook=nb["name"])
     return rows
 

@@ -169,8 +169,8 @@ def test_readme_results_table_is_generated_from_the_committed_summaries():
 def test_claims_markdown_and_update_readme(tmp_path):
     from refocuslib import reproduce
     summary = {"profile": "ci", "git_commit": "abc", "started": "now", "machine": "x86_64", "torch": "2",
-               "seconds": 1.0, "notebooks": [{"name": "01_x", "results": {"claims": [
-                   {"claim": "A beats B", "paper_figure": "Fig. 1", "paper_value": 2.0, "ours": 1.5, "holds": True}]}}]}
+               "seconds": 1.0, "notebooks": [{"name": "01_x", "claims": [
+                   {"claim": "A beats B", "paper_figure": "Fig. 1", "paper_value": 2.0, "ours": 1.5, "holds": True}]}]}
     table = reproduce.claims_markdown(summary, None)
     assert "| `01_x` | A beats B | Fig. 1 | 2 | 1.5 | ✓ | not run | – |" in table
     readme = tmp_path / "README.md"
