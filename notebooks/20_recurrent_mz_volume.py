@@ -62,10 +62,10 @@ beads = {
 n_test = 3
 fwhm_bins_um = [0.1, 0.8, 14]   # histogram range (µm) and number of bins
 fwhm_kl_eps = 1e-3               # probability added to every bin before the KL divergence (empty bins)
+use_shipped_checkpoints = True  # start from data/checkpoints when it holds this exact recipe (CI trains)
 
 # %%
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -76,13 +76,15 @@ from refocuslib.datasets.recurrent_mz import VolumeSpec, simulate_volumes
 from refocuslib.models.blocks import count_parameters
 from refocuslib.reproduce import Recorder
 from refocuslib.tasks import recurrent_mz as rmz
+from refocuslib.train import checkpoints_root, use_shipped_checkpoints as use_shipped
 
 t_start, cpu_start = time.perf_counter(), time.process_time()
 torch.set_num_threads(int(threads))
+use_shipped(bool(use_shipped_checkpoints))
 rec = Recorder(results_dir, profile=profile, seed=seed,
                params=dict(setup=setup, beads=beads, n_test=n_test, fwhm_bins_um=fwhm_bins_um,
                            fwhm_kl_eps=fwhm_kl_eps, threads=threads, device=device))
-checkpoints = Path(results_dir).resolve().parent / "checkpoints"
+checkpoints = checkpoints_root(results_dir)
 LABEL = {"recurrent_mz": "Recurrent-MZ", "deepz": "Deep-Z (nearest input)", "unet3d": "3D U-Net",
          "interpolation": "linear interpolation"}
 

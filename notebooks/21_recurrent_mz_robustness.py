@@ -52,11 +52,11 @@ dpm_sigmas_um = [0.0, 0.25, 0.5, 0.75, 1.0]
 n_draws = 4
 dpm_noise_mode = "plane"
 permutation_tolerance = 0.05
+use_shipped_checkpoints = True  # start from data/checkpoints when it holds this exact recipe (CI trains)
 
 # %%
 import itertools
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -66,14 +66,16 @@ from refocuslib import metrics
 from refocuslib.datasets.recurrent_mz import VolumeSpec, simulate_volumes
 from refocuslib.reproduce import Recorder
 from refocuslib.tasks import recurrent_mz as rmz
+from refocuslib.train import checkpoints_root, use_shipped_checkpoints as use_shipped
 
 t_start, cpu_start = time.perf_counter(), time.process_time()
 torch.set_num_threads(int(threads))
+use_shipped(bool(use_shipped_checkpoints))
 rec = Recorder(results_dir, profile=profile, seed=seed,
                params=dict(setup=setup, n_test=n_test, nonuniform_inputs_um=nonuniform_inputs_um,
                            dpm_sigmas_um=dpm_sigmas_um, n_draws=n_draws, dpm_noise_mode=dpm_noise_mode,
                            permutation_tolerance=permutation_tolerance, threads=threads, device=device))
-checkpoints = Path(results_dir).resolve().parent / "checkpoints"
+checkpoints = checkpoints_root(results_dir)
 spec = VolumeSpec(**setup["nuclei"])
 nets = rmz.train_models(spec, setup["train"], checkpoints, seed=seed, device=device,
                         n_train=setup["n_train"], n_val=setup["n_val"])

@@ -194,6 +194,8 @@ def bench_deepz(n: int | None = None, seed: int = 0, repeats: int = 2, batch: in
         torch.manual_seed(seed)
         model = DeepZGenerator(width, levels=levels).eval()
         tag = f"w{width:g}_l{levels}"
+        with torch.inference_mode():  # warm-up (lazy initialisation, allocator)
+            model(torch.zeros(1, 2, 64, 64))
         for size in sizes:
             g = torch.Generator().manual_seed(seed)
             x = torch.rand(batch, 2, size, size, generator=g)
@@ -257,6 +259,125 @@ def bench_recurrent_mz(n: int | None = None, seed: int = 0, size: int = 256, n_i
             "recurrent_mz_parameters": sum(p.numel() for p in rmz_net.parameters()),
             "deepz_parameters": sum(p.numel() for p in dz_net.parameters()),
             "output_shape_ok": bool(res["rmz"].shape == res["dz"].shape == (nz, size, size))}
+
+
+@register("deepstorm3d")
+def bench_deepstorm3d(n: int | None = None, seed: int = 0, density: float = 45.0, frame_yx=(750, 1250),
+                      models=((1.0, 4, 121), (0.25, 1, 20)), repeats: int = 2) -> dict:
+    """DeepSTORM3D (Nehme et al. 2020) inference rate on 1250×750-pixel frames: CNN + post-processing (threshold,
+    3D local maxima, centroid) against matching pursuit (the paper's baseline) in the same process.
+
+    ``models``: (width, lateral upsampling, axial slices) — the paper's network (64 channels, ×4, 121 slices:
+    a 121 × 3000 × 5000 grid per frame) and the CI one. On a CPU such a grid (7 GB) does not fit, so an
+    ``n`` × ``n`` tile (default 64 px on a CPU, the whole frame on a GPU) of a simulated Tetrapod frame at
+    ``density`` emitters per 13 × 13 µm is timed and the rate scaled linearly by area (both methods work locally,
+    per pixel / per emitter). Untrained CNN weights: the time does not depend on them (post-processing included).
+    """
+    import time
+
+    import torch
+
+    from refocuslib import smlm
+    from refocuslib.datasets.deepstorm3d import EmitterSampler, SimulatedFrames, emitters_for_density
+    from refocuslib.models.deepstorm3d import LocalizationCNN, PhysicalLayer, VoxelGrid
+    from refocuslib.tasks.deepstorm3d import localize
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fh, fw = (int(v) for v in frame_yx)
+    tile = (fh, fw) if (n is None and device == "cuda") else ((int(n or 64),) * 2)
+    mic = smlm.STORM_OPTICS
+    phys = PhysicalLayer(mic, tile, mask=smlm.real_mask("tetrapod_printed")).to(device)
+    n_em = max(1, emitters_for_density(density, (tile[1] * mic.pixel_um, tile[0] * mic.pixel_um)))
+    smp = EmitterSampler(tile, mic.pixel_um, smlm.STORM_Z_RANGE_UM, n_emitters=(n_em, n_em))
+    frame = SimulatedFrames(phys, VoxelGrid(tile, mic.pixel_um, 1, smlm.STORM_Z_RANGE_UM, 4), smp, 1,
+                            seed=seed)[0]["frame"][None]
+    scale = (fh * fw) / (tile[0] * tile[1])
+    out: dict = {"device": device, "threads": torch.get_num_threads(), "tile_px": f"{tile[0]}x{tile[1]}",
+                 "area_scale": scale, "emitters_per_tile": n_em}
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for width, up, n_z in models:
+        torch.manual_seed(seed)
+        cnn = LocalizationCNN(n_z, width=width, upsampling=up).to(device).eval()
+        grid = VoxelGrid(tile, mic.pixel_um, up, smlm.STORM_Z_RANGE_UM, n_z)
+        x = frame.to(device)
+        localize(cnn, x, grid, threshold=0.2 * cnn.max_value)  # warm-up
+        sync()
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            localize(cnn, x, grid, threshold=0.2 * cnn.max_value)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        tag = f"cnn_w{width:g}_x{up}_z{n_z}"
+        out[f"{tag}_s_per_tile"] = best
+        out[f"{tag}_frames_per_s_1250x750"] = 1.0 / (best * scale)
+        out[f"{tag}_voxels_per_frame"] = n_z * fh * up * fw * up
+    t0 = time.perf_counter()
+    res = smlm.matching_pursuit(phys.counts_to_photons(frame[0, 0]), phys, min_photons=6000.0,
+                                z_range_um=smlm.STORM_Z_RANGE_UM, max_emitters=3 * n_em + 10)
+    t_mp = time.perf_counter() - t0
+    out["mp_s_per_tile"] = t_mp
+    out["mp_frames_per_s_1250x750"] = 1.0 / (t_mp * scale)
+    out["mp_emitters_found"] = len(res.xyz_um)
+    for width, up, n_z in models:
+        tag = f"cnn_w{width:g}_x{up}_z{n_z}"
+        out[f"{tag}_speedup_over_mp"] = t_mp / out[f"{tag}_s_per_tile"]
+    return out
+
+
+@register("wnet")
+def bench_wnet(n: int | None = None, seed: int = 0, repeats: int = 2, ci=(0.125, 3, 32, 8)) -> dict:
+    """W-Net (Yang et al. 2021): inference seconds per ``n``² image (default 512) of the paper-width W-Net (two
+    cascaded generators, width 1, 5 levels) against the single U-Net (about half the parameters), and seconds
+    per joint training step (data simulation, both discriminators, both generators) at the CI configuration
+    ``ci`` = (width, levels, crop_px, batch_size) of notebooks/params/ci.yaml.
+    """
+    import torch
+
+    from refocuslib.datasets.wnet import WNetBeadSimulator
+    from refocuslib.models.wnet import single_unet, wnet
+    from refocuslib.tasks.wnet import WNetTask
+
+    size = 512 if n is None else int(n)
+    torch.manual_seed(seed)
+    out: dict = {"threads": torch.get_num_threads(), "image_px": size}
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    d = torch.zeros_like(x)
+    for name, model in (("wnet", wnet(1.0, 5)), ("single_unet", single_unet(1.0, 5))):
+        model.eval()
+        with torch.inference_mode():
+            model(x, d)  # warm-up
+            out[f"{name}_s_per_image"] = _best_time(lambda: model(x, d), repeats)
+        out[f"{name}_parameters"] = sum(p.numel() for p in model.parameters())
+    out["wnet_over_single_time"] = out["wnet_s_per_image"] / out["single_unet_s_per_image"]
+    width, levels, crop, batch = ci
+    sim = WNetBeadSimulator(z_step_um=0.25, crop_px=crop)
+    task = WNetTask(sim, "dh", width=width, levels=levels, disc_blocks=3, batch_size=batch, n_val=2)
+    opt_g = torch.optim.Adam(task.generator.parameters(), 1e-3)
+    opt_d = torch.optim.Adam(task.discriminator.parameters(), 1e-4)
+    gen = torch.Generator().manual_seed(seed)
+
+    def step():
+        batch_ = task.make_batch(0, gen)
+        output = task.generate(batch_)
+        d_loss, _ = task.discriminator_loss(batch_, output.detach())
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        g_loss, _ = task.generator_loss(batch_, output)
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+
+    step()  # warm-up
+    t = _best_time(lambda: [step() for _ in range(5)], repeats) / 5
+    out["ci_train_s_per_step"] = t
+    out["ci_train_steps_per_30s"] = 30.0 / t
+    return out
 
 
 def run(names, n: int | None = None, seed: int = 0) -> dict[str, dict]:

@@ -16,6 +16,7 @@ learnable phase mask) and for the discriminator (``lr_d``). Each step updates th
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import math
 import os
@@ -52,6 +53,7 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     amp_bf16: bool = False
+    use_shipped: Optional[bool] = None  # None: the module default set by use_shipped_checkpoints()
 
     def __post_init__(self):
         if int(self.steps) < 1:
@@ -113,6 +115,27 @@ class TrainResult:
     extras: dict = field(default_factory=dict)
 
 
+def settings_digest(settings: dict) -> str:
+    """Short stable hash (10 hex digits) of a JSON-able settings dict: the cache key of a trained model."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def checkpoints_root(results_dir) -> Path:
+    """``results/<profile>/checkpoints`` for a notebook whose ``results_dir`` is ``results/<profile>/<notebook>``."""
+    return Path(results_dir).resolve().parent / "checkpoints"
+
+
+def checkpoint_dir(results_dir, name: str, settings: dict) -> Path:
+    """``results/<profile>/checkpoints/<name>-<settings_digest>`` for a notebook whose ``results_dir`` is
+    ``results/<profile>/<notebook>``: the folder :func:`fit` trains into, resumes from, or (finished) just loads —
+    so every notebook of a profile that asks for the same model with the same settings shares one training run;
+    changed settings give a new folder."""
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
+        raise ValueError(f"name: a non-empty folder name without '/', '\\\\' or spaces, got {name!r}")
+    return checkpoints_root(results_dir) / f"{name}-{settings_digest(settings)}"
+
+
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """Seed of the batch of ``step`` on ``rank``: independent of how the run was interrupted."""
     return (int(seed) * 1_000_003 + int(step) * 7919 + int(rank) * 104_729) % (2 ** 63 - 1)
@@ -166,12 +189,16 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
 
     start, best, best_step, history, validation = 0, math.inf, -1, [], []
     last_path = out / "last.pt"
+    use_shipped = _USE_SHIPPED if cfg.use_shipped is None else cfg.use_shipped
+    if use_shipped and cfg.resume and rank == 0 and install_shipped(out):
+        print(f"{out.name}: using the shipped checkpoint {SHIPPED_DIR / (out.name + '.pt')} (no training)")
     if cfg.resume and last_path.exists():
         ck = load_checkpoint(last_path, map_location=device)
         _unwrap(task.generator).load_state_dict(ck["generator"])
         if task.discriminator is not None and ck.get("discriminator") is not None:
             _unwrap(task.discriminator).load_state_dict(ck["discriminator"])
-        opt_g.load_state_dict(ck["opt_g"])
+        if ck.get("opt_g") is not None:  # shipped checkpoints carry no optimiser state
+            opt_g.load_state_dict(ck["opt_g"])
         if opt_d is not None and ck.get("opt_d") is not None:
             opt_d.load_state_dict(ck["opt_d"])
         task.load_extra_state(ck.get("extra", {}))
@@ -280,6 +307,70 @@ def load_generator_weights(module: nn.Module, checkpoint_path, which: str = "gen
         raise ValueError(f"checkpoint_path: {checkpoint_path} holds no '{which}' weights")
     module.load_state_dict(ck[which])
     return ck
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shipped checkpoints: small trained models committed under data/checkpoints/ so a reader sees trained results
+# on a CPU without training. A shipped file is named after the cache folder it stands for
+# (<name>-<settings digest>.pt, see checkpoint_dir), so it is only used for exactly the recipe it was trained with.
+# ----------------------------------------------------------------------------------------------------------
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+_USE_SHIPPED = False
+
+
+def use_shipped_checkpoints(enabled: bool) -> None:
+    """Let :func:`fit` start from a shipped checkpoint when its cache folder is empty (notebooks turn this on for
+    interactive reading; ``reproduce --profile ci`` leaves it off so CI trains every model)."""
+    global _USE_SHIPPED
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled: expected True or False, got {enabled!r}")
+    _USE_SHIPPED = enabled
+
+
+def ship_checkpoint(run_dir, command: str, dest_dir=None) -> Path:
+    """Copy the trained generator of a :func:`fit` run folder to ``dest_dir`` (default :data:`SHIPPED_DIR`) as
+    ``<folder name>.pt`` (best-validation weights, no discriminator or optimiser state; checksummed) with a
+    provenance JSON beside it: ``command`` that produced the run, git commit, seed, steps, best step and
+    validation metrics. Returns the checkpoint path."""
+    from refocuslib.io import _sha256_file
+    from refocuslib.reproduce import git_commit
+    run_dir = Path(run_dir)
+    last_path = run_dir / "last.pt"
+    if not last_path.exists():
+        raise ValueError(f"run_dir: {run_dir} holds no last.pt (not a refocuslib.train.fit run folder)")
+    last = load_checkpoint(last_path)
+    best = load_checkpoint(run_dir / "best.pt") if (run_dir / "best.pt").exists() else last
+    slim = {**last, "generator": best["generator"], "discriminator": None, "opt_g": None, "opt_d": None,
+            "extra": best.get("extra", last.get("extra", {})), "shipped": True}
+    dest = Path(dest_dir) if dest_dir is not None else SHIPPED_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(dest / f"{run_dir.name}.pt", slim)
+    val = last.get("validation") or []
+    best_val = next((v for v in val if v.get("step") == last.get("best_step")), val[-1] if val else {})
+    prov = {"name": run_dir.name, "task": last.get("task"), "command": command, "git_commit": git_commit(),
+            "library_version": last.get("library_version"), "seed": last.get("config", {}).get("seed"),
+            "steps": last.get("step"), "weights": "best validation" if best is not last else "last",
+            "best_step": last.get("best_step"), "best_validation": best_val, "final_validation": val[-1] if val else {},
+            "sha256": _sha256_file(path), "bytes": path.stat().st_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = dest / f".{run_dir.name}.json.tmp"
+    tmp.write_text(json.dumps(prov, indent=2, default=str))
+    os.replace(tmp, dest / f"{run_dir.name}.json")
+    return path
+
+
+def install_shipped(out_dir, shipped_dir=None) -> bool:
+    """If ``out_dir`` has no ``last.pt`` and ``<shipped_dir>/<out_dir name>.pt`` exists, verify its checksum
+    (:class:`refocuslib.io.CorruptCheckpointError` otherwise) and install it as the folder's last.pt and best.pt.
+    Returns whether it did."""
+    out_dir = Path(out_dir)
+    src = (Path(shipped_dir) if shipped_dir is not None else SHIPPED_DIR) / f"{out_dir.name}.pt"
+    if (out_dir / "last.pt").exists() or not src.exists():
+        return False
+    ck = load_checkpoint(src)  # raises CorruptCheckpointError on a checksum mismatch
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out_dir / "best.pt", ck)
+    save_checkpoint(out_dir / "last.pt", ck)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------

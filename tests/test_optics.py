@@ -217,7 +217,6 @@ SHARED_MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepst
 @pytest.mark.skipif(not (SHARED_MASKS / "mask_tetrapod.mat").exists(), reason="shared DeepSTORM3D data absent")
 def test_tetrapod_coefficients_reproduce_the_released_mask_model():
     import scipy.io
-    from skimage.restoration import unwrap_phase
     mask = scipy.io.loadmat(SHARED_MASKS / "mask_tetrapod.mat")["mask_tetra_model"]
     n = mask.shape[0]
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2

@@ -8,7 +8,7 @@ from torch import nn
 from refocuslib import losses
 from refocuslib.io import CorruptCheckpointError
 from refocuslib.models.blocks import PatchDiscriminator, ResUNet2D
-from refocuslib.train import TrainConfig, TrainTask, fit, load_generator_weights
+from refocuslib.train import TrainConfig, TrainTask, checkpoint_dir, fit, load_generator_weights, settings_digest
 
 
 class BlurTask(TrainTask):
@@ -102,3 +102,49 @@ def test_bad_config_names_the_parameter(tmp_path, kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         TrainConfig(**args)
+
+
+def test_checkpoint_dir_is_shared_per_profile_and_tracks_the_settings(tmp_path):
+    a = checkpoint_dir(tmp_path / "ci" / "30_wnet_dhpsf", "wnet_dh", {"steps": 10, "lr": 1e-3})
+    assert a.parent == (tmp_path / "ci" / "checkpoints").resolve() and a.name.startswith("wnet_dh-")
+    assert a == checkpoint_dir(tmp_path / "ci" / "other_notebook", "wnet_dh", {"lr": 1e-3, "steps": 10})
+    assert a != checkpoint_dir(tmp_path / "ci" / "30_wnet_dhpsf", "wnet_dh", {"steps": 11, "lr": 1e-3})
+    assert settings_digest({"a": 1, "b": 2}) == settings_digest({"b": 2, "a": 1})
+    with pytest.raises(ValueError, match="name"):
+        checkpoint_dir(tmp_path, "a/b", {})
+
+
+def test_shipped_checkpoint_replaces_training_of_the_same_recipe(tmp_path, monkeypatch):
+    from refocuslib import train
+    run = tmp_path / "results" / "checkpoints" / "blur-0123456789"
+    trained = BlurTask()
+    res = fit(trained, TrainConfig(steps=20, out_dir=str(run), lr_g=3e-3, val_every=10, progress=False))
+    shipped = tmp_path / "data" / "checkpoints"
+    path = train.ship_checkpoint(run, "pytest toy run", dest_dir=shipped)
+    prov = json.loads((shipped / "blur-0123456789.json").read_text())
+    assert prov["command"] == "pytest toy run" and prov["steps"] == 20 and prov["best_step"] == res.best_step
+    assert prov["sha256"] == (shipped / "blur-0123456789.pt.sha256").read_text().split()[0]
+    assert path.stat().st_size < (run / "last.pt").stat().st_size  # no optimiser state
+    monkeypatch.setattr(train, "SHIPPED_DIR", shipped)
+    fresh_dir = tmp_path / "elsewhere" / "blur-0123456789"
+    reader = BlurTask()
+    out = fit(reader, TrainConfig(steps=20, out_dir=str(fresh_dir), progress=False, use_shipped=True))
+    assert out.resumed_from == 20 and len(out.validation) == len(res.validation)  # loaded, not trained
+    best = BlurTask()
+    load_generator_weights(best.generator, run / "best.pt")
+    for a, b in zip(best.generator.state_dict().values(), reader.generator.state_dict().values()):
+        assert torch.equal(a, b)
+    # off by default: a fresh folder trains
+    again = fit(BlurTask(), TrainConfig(steps=2, out_dir=str(tmp_path / "x" / "blur-0123456789"), progress=False))
+    assert again.resumed_from == 0
+    # a damaged shipped file is refused, naming it
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="blur-0123456789.pt"):
+        fit(BlurTask(), TrainConfig(steps=20, out_dir=str(tmp_path / "y" / "blur-0123456789"), progress=False,
+                                    use_shipped=True))
+    with pytest.raises(ValueError, match="run_dir"):
+        train.ship_checkpoint(tmp_path, "x", dest_dir=shipped)
+    with pytest.raises(ValueError, match="enabled"):
+        train.use_shipped_checkpoints("yes")

@@ -6,7 +6,6 @@ output: the refocused image. ``width`` scales every channel count (1.0 = paper; 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from refocuslib.models.blocks import PatchDiscriminator, ResUNet2D, scaled
 

@@ -21,9 +21,7 @@ sub-volume, as in the paper), the 3D U-Net, and linear interpolation between the
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -39,12 +37,12 @@ from refocuslib.models.blocks import PatchDiscriminator, scaled
 from refocuslib.models.deepz import DeepZDiscriminator, DeepZGenerator
 from refocuslib.models.recurrent_mz import RecurrentMZ
 from refocuslib.models.unet3d import UNet3D
-from refocuslib.train import TrainConfig, TrainResult, TrainTask, fit, load_generator_weights
+from refocuslib.train import TrainConfig, TrainResult, TrainTask, fit, load_generator_weights, settings_digest
 
 Tensor = torch.Tensor
 DataLike = Union[VolumeSet, Callable[[], VolumeSet]]
 
-__all__ = ["RecurrentMZTask", "UNet3DTask", "DeepZVolumeTask", "TrainedModels", "train_models", "config_hash",
+__all__ = ["RecurrentMZTask", "UNet3DTask", "DeepZVolumeTask", "TrainedModels", "train_models", 
            "uniform_dpms", "recurrent_mz_volume", "deepz_nearest_volume", "unet3d_volume",
            "interpolation_volume", "plane_metrics", "evaluate_methods", "bead_fwhm_um", "permutation_rmse",
            "METHODS"]
@@ -241,12 +239,6 @@ class DeepZVolumeTask(_LazyData, TrainTask):
 
 
 # ------------------------------------------------------------------------------------------ training cache
-def config_hash(config: dict) -> str:
-    """Short stable hash of a JSON-able configuration (the cache key of a trained model)."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
 @dataclass
 class TrainedModels:
     """Networks of one sample kind, in eval mode, with their training results and provenance."""
@@ -321,7 +313,7 @@ def train_models(spec: VolumeSpec, train: dict, checkpoints_dir, seed: int = 0, 
             trained = task.trained_range_um
         key = {"spec": spec.hash_dict(), "n_train": n_train, "n_val": n_val, "seed": seed, "method": method,
                "task": task_kw, "fit": {k: v for k, v in fit_kw.items() if k != "ckpt_every"}}
-        out_dir = Path(checkpoints_dir) / f"{base}_{method}-{config_hash(key)}"
+        out_dir = Path(checkpoints_dir) / f"{base}_{method}-{settings_digest(key)}"
         fit_kw.setdefault("ckpt_every", fit_kw.get("val_every", 50))  # an interrupted run resumes from here
         cfg = TrainConfig(out_dir=str(out_dir), seed=seed, device=device, progress=progress, **fit_kw)
         res = fit(task, cfg)
