@@ -1,0 +1,240 @@
+"""DeepSTORM3D: physics layer vs refocuslib.optics, real masks through z, mask gradients, recovery grid and
+post-processing, on-the-fly data, and a short CPU training that lowers the loss."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from refocuslib import imaging, losses, optics, samples, smlm
+from refocuslib.datasets.deepstorm3d import EmitterSampler, SimulatedFrames, emitters_for_density
+from refocuslib.localize import find_peaks_3d, match_points
+from refocuslib.models.deepstorm3d import LocalizationCNN, PhysicalLayer, VoxelGrid, local_maxima_3d
+from refocuslib.tasks.deepstorm3d import (build_task, gaussian_blur_3d,
+                                          match_frames, train_cached)
+
+STORM = smlm.STORM_OPTICS
+
+
+def _orientation(p):
+    """Principal-axis angle (deg, x towards +column, y towards +row) and elongation of an image."""
+    n = p.shape[0]
+    yy, xx = np.mgrid[:n, :n]
+    w = p / p.sum()
+    cx, cy = (w * xx).sum(), (w * yy).sum()
+    cxx, cyy, cxy = (w * (xx - cx) ** 2).sum(), (w * (yy - cy) ** 2).sum(), (w * (xx - cx) * (yy - cy)).sum()
+    ev = np.linalg.eigvalsh([[cxx, cxy], [cxy, cyy]])
+    return math.degrees(0.5 * math.atan2(2 * cxy, cxx - cyy)), ev[1] / ev[0]
+
+
+# ------------------------------------------------------------------------------------------- physics layer
+def test_physics_layer_psf_is_the_optics_psf():
+    mask = optics.astigmatic_mask(1.0)
+    phys = PhysicalLayer(STORM.replace(mask=mask), (41, 41))
+    # emitter exactly on the centre of pixel (20, 20): the frame is the PSF of optics.widefield_psf
+    xyz = torch.tensor([[[20.5 * 0.11, 20.5 * 0.11, 0.7]]])
+    frame = phys.expected(xyz, torch.tensor([[5000.0]]))[0, 0]
+    ref = optics.widefield_psf([0.7], 41, 0.11, STORM.na, STORM.wavelength_um, STORM.n_immersion, STORM.n_sample,
+                               mask=mask, nfp_um=STORM.nfp_um, pad=phys.pad, min_pupil_radius_samples=0)[0]
+    torch.testing.assert_close(frame, 5000.0 * ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mask", [None, optics.astigmatic_mask(1.0)])
+def test_physics_layer_matches_render_points(mask):
+    """Sub-pixel positions, two emitters, patch placement: same image as imaging.render_points (which samples
+    the pupil on a slightly different grid, hence the 1 % tolerance)."""
+    mic = STORM.replace(mask=mask)
+    pts = samples.Points([[1.713, 1.958, 1.0], [2.25, 0.9, 3.1]], [10000.0, 20000.0])
+    ref = imaging.render_points(pts, mic, [mic.nfp_um], (32, 32), patch_px=41)[0]
+    ours = PhysicalLayer(mic, (32, 32)).expected(torch.tensor(pts.xyz_um)[None], torch.tensor(pts.photons)[None])
+    assert float((ours[0, 0] - ref).abs().max() / ref.max()) < 0.01
+
+
+def test_physics_layer_is_batched_and_skips_padding():
+    phys = PhysicalLayer(STORM, (24, 24))
+    a = torch.tensor([[1.0, 1.2, 1.0], [2.0, 0.5, 2.5]])
+    b = torch.tensor([[0.6, 2.1, 3.0], [9.0, 9.0, 9.0]])
+    both = phys.expected(torch.stack([a, b]), torch.tensor([[1e4, 2e4], [3e4, 0.0]]))
+    ra = phys.expected(a, torch.tensor([1e4, 2e4]))
+    rb = phys.expected(b[:1], torch.tensor([3e4]))
+    torch.testing.assert_close(both[0], ra[0])
+    torch.testing.assert_close(both[1], rb[0])
+
+
+def test_camera_noise_is_poisson_plus_read_noise_around_the_mean():
+    phys = PhysicalLayer(STORM, (32, 32), read_noise_e=2.0, baseline_adu=100.0)
+    xyz = torch.tensor([[[1.76, 1.76, 1.5]]]).expand(400, 1, 3)
+    ph = torch.full((400, 1), 2e4)
+    mean = phys(xyz[:1], ph[:1], background_photons=50.0, noise=False)
+    g = torch.Generator().manual_seed(0)
+    noisy = phys(xyz, ph, background_photons=50.0, generator=g)
+    torch.testing.assert_close(noisy.mean(0), mean[0], atol=2.5, rtol=0.02)
+    var = noisy.var(0)[0]
+    expected_var = (mean[0, 0] - 100.0) + 4.0
+    assert abs(float(var.mean() / expected_var.mean()) - 1) < 0.05
+
+
+def test_gradients_reach_a_learnable_mask_through_the_noise():
+    mask = optics.learnable_mask(33)
+    phys = PhysicalLayer(STORM, (24, 24), mask=mask)
+    frames = phys(torch.tensor([[[1.3, 1.3, 2.0]]]), torch.tensor([[2e4]]), 100.0,
+                  generator=torch.Generator().manual_seed(1))
+    (frames[0, 0, 10:14, 10:14].sum()).backward()
+    g = mask.phase.grad
+    assert g is not None and torch.isfinite(g).all() and float(g.abs().sum()) > 0
+    # the gradient lives on the pupil: mask pixels far outside the aperture get none
+    assert float(g[0, 0].abs()) == 0.0
+
+
+def test_bad_physics_and_grid_input_names_the_parameter():
+    with pytest.raises(ValueError, match="patch_px"):
+        PhysicalLayer(STORM, (16, 16), patch_px=40)
+    with pytest.raises(ValueError, match="fft_px"):
+        PhysicalLayer(STORM, (16, 16), fft_px=64)
+    with pytest.raises(ValueError, match="photons"):
+        PhysicalLayer(STORM, (16, 16)).expected(torch.zeros(1, 2, 3), torch.tensor([[1.0, -1.0]]))
+    with pytest.raises(ValueError, match="upsampling"):
+        VoxelGrid((16, 16), 0.11, 3, (0, 4), 10)
+    with pytest.raises(ValueError, match="z_range_um"):
+        VoxelGrid((16, 16), 0.11, 2, (4, 0), 10)
+    with pytest.raises(ValueError, match="config"):
+        build_task(not_a_key=1)
+
+
+# ------------------------------------------------------------------------------------------------ real masks
+def test_real_tetrapod_mask_psf_rotates_and_spreads_with_depth():
+    """Published Tetrapod (Shechtman et al. 2015; Nehme et al. 2020 Fig. 3): compact near focus, two lobes that
+    separate with defocus along axes ~90° apart below and above focus."""
+    phys = PhysicalLayer(STORM, (41, 41), mask=smlm.real_mask("tetrapod_printed"))
+    z = [0.25, 2.0, 3.75]
+    psf = phys.psfs(z).numpy()
+    (a_lo, e_lo), (_, e_mid), (a_hi, e_hi) = (_orientation(p) for p in psf)
+    turn = abs(((a_hi - a_lo) + 90) % 180 - 90)
+    assert turn > 60, f"lobe axes below/above focus differ by {turn:.0f}°"
+    assert e_lo > 2.5 * e_mid and e_hi > 2.5 * e_mid
+    c = np.corrcoef(phys.psfs([1.0, 1.02, 3.0]).numpy().reshape(3, -1))
+    assert c[0, 1] > 0.99 and c[0, 2] < 0.5
+
+
+@pytest.mark.parametrize("name,radius", [("tetrapod_printed", 48.33), ("tetrapod_model", 90.63),
+                                         ("learned", 90.63)])
+def test_real_masks_load_with_the_4f_pupil_radius(name, radius):
+    m = smlm.real_mask(name)
+    assert m.pupil_radius_px == pytest.approx(radius, abs=0.01)
+    raw = smlm.load_phase_mask(smlm.data_dir() / smlm.MASKS[name][0])
+    # the masks are zero beyond the n_water/NA part of the pupil (supercritical light is not emitted)
+    n = raw.shape[0]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    support = np.hypot(yy, xx)[raw != 0].max()
+    assert support / radius == pytest.approx(1.33 / 1.45, rel=0.03)
+    # unwrapping changes the phase only by multiples of 2π on the support
+    diff = np.angle(np.exp(1j * (m.phase.numpy().astype(np.float64) - raw)))[raw != 0]
+    assert np.abs(diff).max() < 1e-4
+
+
+def test_learned_mask_psf_changes_with_depth():
+    phys = PhysicalLayer(smlm.TELOMERE_OPTICS, (41, 41), mask=smlm.real_mask("learned"))
+    psf = phys.psfs([2.5, 4.5, 5.5]).numpy().reshape(3, -1)
+    c = np.corrcoef(psf)
+    assert c[0, 1] < 0.8 and c[1, 2] < 0.8
+
+
+# ----------------------------------------------------------------------------------------------- grid / peaks
+def test_grid_round_trip_recovers_exact_positions():
+    grid = VoxelGrid((20, 24), 0.11, 4, (0.0, 4.0), 40)
+    vx, dz = 0.11 / 4, 0.1
+    idx = np.array([[3, 10, 17], [20, 55, 80], [36, 70, 5]])  # (k, i, j), away from the edges
+    xyz_um = np.column_stack([(idx[:, 2] + 0.5) * vx, (idx[:, 1] + 0.5) * vx, (idx[:, 0] + 0.5) * dz])
+    occ = grid.to_grid(xyz_um)
+    assert occ.shape == (1, 40, 80, 96) and int(occ.sum()) == 3
+    pts, vals = grid.to_points(occ[0] * 100, threshold=50, radius_vox=1)
+    order = np.argsort(pts[:, 0])
+    np.testing.assert_allclose(pts[order], xyz_um[np.argsort(xyz_um[:, 0])] * 1000, atol=1e-6)
+    # a symmetric blur keeps the centroids on the voxel centres; the library's peak finder agrees
+    blurred = losses.gaussian_blur_3d(occ * 100, 1.0)[0]
+    pts_b, _ = grid.to_points(blurred, threshold=1.0, radius_vox=2)
+    np.testing.assert_allclose(np.sort(pts_b, 0), np.sort(xyz_um * 1000, 0), atol=1e-3)
+    ref, _ = find_peaks_3d(blurred.numpy(), threshold=1.0, min_distance_px=2)
+    np.testing.assert_allclose(np.sort(grid.voxels_to_nm(ref), 0), np.sort(pts_b, 0), atol=1e-3)
+
+
+def test_local_maxima_refine_sub_voxel_and_batch():
+    v = torch.zeros(2, 5, 9, 9)
+    v[0, 2, 4, 4], v[0, 2, 4, 5] = 3.0, 1.0  # centroid 0.25 voxel towards +x
+    v[1, 1, 2, 2] = 5.0
+    (p0, v0), (p1, v1) = local_maxima_3d(v, threshold=0.5, radius_vox=1)
+    np.testing.assert_allclose(p0, [[2, 4, 4.25]])
+    np.testing.assert_allclose(p1, [[1, 2, 2]])
+    assert v0.tolist() == [3.0] and v1.tolist() == [5.0]
+
+
+def test_fast_blur_equals_the_losses_blur():
+    x = torch.rand(2, 7, 12, 10)
+    torch.testing.assert_close(gaussian_blur_3d(x, 1.0), losses.gaussian_blur_3d(x, 1.0), atol=1e-6, rtol=1e-5)
+
+
+def test_match_frames_sums_frames():
+    a = [np.array([[0.0, 0, 0], [500, 0, 0]]), np.array([[0.0, 0, 0]])]
+    t = [np.array([[10.0, 0, 0]]), np.array([[0.0, 0, 40]])]
+    m = match_frames(a, t)
+    assert (m.tp, m.fp, m.fn) == (2, 1, 0)
+    assert m.rmse_lateral_nm == pytest.approx(math.sqrt(50))
+    assert m.rmse_axial_nm == pytest.approx(math.sqrt(800))
+    m0 = match_points(a[0], t[0])
+    assert m0.tp == 1
+
+
+# ---------------------------------------------------------------------------------------------- data / training
+def test_simulated_frames_are_reproducible_and_targets_count_emitters():
+    phys = PhysicalLayer(STORM, (24, 24))
+    grid = VoxelGrid((24, 24), 0.11, 2, (0, 4), 10)
+    smp = EmitterSampler((24, 24), 0.11, (0, 4), n_emitters=(2, 5))
+    ds = SimulatedFrames(phys, grid, smp, n_frames=3, seed=7)
+    a, b = ds[1], ds[1]
+    torch.testing.assert_close(a["frame"], b["frame"])
+    assert a["frame"].shape == (1, 24, 24) and a["target"].shape == (10, 48, 48)
+    assert 2 <= len(a["xyz_um"]) <= 5 and int(a["target"].sum()) == len(a["xyz_um"])
+    assert emitters_for_density(75, (13.0, 13.0)) == 75 and emitters_for_density(75, (6.5, 6.5)) == 19
+
+
+def test_localization_cnn_shapes_and_paper_scale_upsampling():
+    cnn = LocalizationCNN(n_z=6, width=0.125, upsampling=4)
+    with torch.no_grad():
+        out = cnn(torch.rand(2, 1, 12, 10) * 100)
+    assert out.shape == (2, 6, 48, 40) and float(out.min()) >= 0 and float(out.max()) <= cnn.max_value
+
+
+def test_short_cpu_training_lowers_the_loss(tmp_path):
+    torch.manual_seed(0)
+    cfg = dict(train_px=24, upsampling=1, dz_nm=800.0, width=0.125, n_emitters=(1, 3), photons=(30000, 30000),
+               background=(100, 100), blur_sigma_px=(0, 0), patch_px=31, fft_px=96, n_val=4)
+    task, res = train_cached(cfg, steps=60, lr_g=3e-3, results_dir=tmp_path / "ci" / "nb", name="t", val_every=30)
+    vals = [v["val_loss"] for v in res.validation]
+    assert vals[-1] < vals[0]
+    assert (tmp_path / "ci" / "checkpoints").is_dir()
+    again, res2 = train_cached(cfg, steps=60, lr_g=3e-3, results_dir=tmp_path / "ci" / "nb", name="t", val_every=30)
+    assert res2.resumed_from == 60  # loaded from the cache, not retrained
+    for p, q in zip(task.cnn.parameters(), again.cnn.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_joint_mask_learning_updates_the_mask(tmp_path):
+    cfg = dict(train_px=24, upsampling=1, dz_nm=1000.0, width=0.125, n_emitters=(1, 2), mask="learnable",
+               mask_size=17, learn_mask=True, patch_px=31, fft_px=96, n_val=2)
+    task = build_task(**cfg)
+    before = task.physics.mask.phase.detach().clone()
+    from refocuslib.train import TrainConfig, fit
+    fit(task, TrainConfig(steps=3, out_dir=str(tmp_path), lr_g=1e-3, progress=False))
+    assert float((task.physics.mask.phase.detach() - before).abs().max()) > 0
+    with pytest.raises(ValueError, match="learn_mask"):
+        build_task(**{**cfg, "mask": "none"})
+
+
+def test_bench_reports_cnn_and_matching_pursuit_rates():
+    from refocuslib import bench
+    out = bench.run("deepstorm3d", n=24)["deepstorm3d"]
+    assert out["tile_px"] == "24x24" and out["area_scale"] == pytest.approx(1250 * 750 / 24 ** 2)
+    for key in ("cnn_w1_x4_z121_frames_per_s_1250x750", "cnn_w0.25_x1_z20_frames_per_s_1250x750",
+                "mp_frames_per_s_1250x750"):
+        assert out[key] > 0 and math.isfinite(out[key])
+    assert out["cnn_w1_x4_z121_voxels_per_frame"] == 121 * 3000 * 5000
