@@ -1,0 +1,240 @@
+"""W-Net (Yang et al. 2021): cascade shapes, joint-loss gradients, data, evaluation, DOF table, training."""
+import numpy as np
+import pytest
+import torch
+
+from refocuslib import dpm
+from refocuslib.datasets.wnet import WNetBeadDataset, WNetBeadSimulator, WNetDataConfig
+from refocuslib.models.blocks import count_parameters
+from refocuslib.models.wnet import CROSS, SingleUNet, WNet, single_unet, wnet, wnet_discriminators
+from refocuslib.tasks.wnet import SingleUNetTask, WNetTask, train_cached
+from refocuslib.train import TrainConfig, fit
+from refocuslib.wnet_eval import (PAPER_TABLE1, dof_table, effective_dof, evaluate_plane, evaluate_stack,
+                                  localize_beads, refocus_images, refocus_scan)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """A small but physical simulator: 63x/1.4 oil, DH mask, short ranges and small kernels for speed."""
+    return WNetBeadSimulator(dh_range_um=2.0, wf_range_um=1.0, confocal_range_um=1.0, z_step_um=0.5, psf_px=33,
+                             crop_px=16, beads_per_um2=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def test_cascade_shapes_and_split():
+    torch.manual_seed(0)
+    net = wnet(width=0.0625, levels=3)
+    for h, w in [(24, 24), (23, 30)]:
+        out = net(torch.rand(2, 1, h, w), torch.zeros(2, 1, h, w))
+        assert out.shape == (2, 2, h, w)
+        r, c = WNet.split(out)
+        assert r.shape == c.shape == (2, 1, h, w)
+        # the second channel is G_C applied to the first
+        assert torch.allclose(c, net.cross(r), atol=1e-6)
+    stacked = net(torch.rand(1, 2, 16, 16))
+    assert stacked.shape == (1, 2, 16, 16)
+    d_r, d_c = wnet_discriminators(width=0.0625, blocks=2)(out)
+    assert d_r.shape == d_c.shape == (2, 1)
+
+
+def test_single_unet_has_about_half_the_parameters():
+    for width, levels in [(0.125, 4), (1.0, 5)]:
+        ratio = count_parameters(single_unet(width, levels)) / count_parameters(wnet(width, levels))
+        assert 0.45 < ratio < 0.55, ratio
+    assert single_unet(0.125, 3)(torch.rand(1, 1, 20, 20), torch.zeros(1, 1, 20, 20)).shape == (1, 1, 20, 20)
+
+
+def test_joint_loss_gradients_reach_both_generators_and_discriminators(sim):
+    task = WNetTask(sim, "dh", width=0.0625, levels=2, disc_blocks=2, batch_size=2)
+    batch = task.make_batch(0, torch.Generator().manual_seed(1))
+    out = task.generate(batch)
+    loss, logs = task.generator_loss(batch, out)
+    assert loss.item() == pytest.approx(logs["loss_r"] + logs["loss_c"], rel=1e-5)
+    loss.backward()
+    for name in ("refocus", "cross"):
+        grads = [p.grad for p in getattr(task.generator, name).parameters()]
+        assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0, name
+    # the cross-modality term alone trains G_R too: the cascade is end to end
+    task.generator.zero_grad()
+    out = task.generate(batch)
+    _, d_c = task.discriminator(out)
+    from refocuslib.losses import deepz_generator_loss
+    deepz_generator_loss(out[:, CROSS:], batch["target_c"], d_c).backward()
+    assert sum(float(p.grad.abs().sum()) for p in task.generator.refocus.parameters()) > 0
+    # both discriminators get gradients from the LSGAN loss
+    task.discriminator.zero_grad()
+    d_loss, _ = task.discriminator_loss(batch, out.detach())
+    d_loss.backward()
+    for name in ("refocus", "cross"):
+        assert sum(float(p.grad.abs().sum()) for p in getattr(task.discriminator, name).parameters()) > 0
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def test_batch_pairs_planes_and_dpm(sim):
+    b = sim.sample_batch(4, torch.Generator().manual_seed(3), "dh")
+    for k in ("input", "dpm", "target_r", "target_c"):
+        assert b[k].shape == (4, 1, 16, 16) and torch.isfinite(b[k]).all(), k
+    assert (b["z_input_um"].abs() <= 2.0).all() and (b["z_target_um"].abs() <= 1.0).all()
+    expected = dpm.to_network((b["z_target_um"] - b["z_input_um"])[:, None, None, None].expand(4, 1, 16, 16))
+    assert torch.allclose(b["dpm"], expected)
+    again = sim.sample_batch(4, torch.Generator().manual_seed(3), "dh")
+    assert all(torch.equal(b[k], again[k]) for k in b)
+    ds = WNetBeadDataset(sim, length=3, seed=5, input_modality="wf")
+    assert len(ds) == 3 and torch.equal(ds[1]["input"], ds[1]["input"]) and ds[0]["input"].shape == (1, 16, 16)
+    assert (ds[2]["z_input_um"].abs() <= 1.0).all()
+
+
+def test_normalisation_puts_an_in_focus_bead_peak_at_one(sim):
+    px = sim.pixel_um
+    field = sim.field_from_points([[20.5 * px, 19.5 * px]], sim.config.photons, (40, 40))  # a pixel centre
+    for modality in ("dh", "wf", "confocal"):
+        img = sim.scan(field, modality, [0.0])[0]
+        assert float(img.max()) == pytest.approx(1.0, rel=1e-4), modality
+    conf = sim.scan(field, "confocal", [0.0, 1.0])
+    assert float(conf[1].sum()) < 0.5 * float(conf[0].sum())  # optical sectioning
+    # photons are conserved up to what leaves the truncated kernel
+    photons = sim.render(field.bead_map[None], "wf", [0.0])
+    assert float(photons.sum()) == pytest.approx(sim.config.photons * sim.kernel_energy["wf"][len(sim.z_um["wf"]) // 2],
+                                                 rel=1e-3)
+
+
+def test_percentile_input_normalisation_rescales_each_frame(sim):
+    pct = WNetBeadSimulator(sim.config, input_normalisation="percentile")
+    b = pct.sample_batch(3, torch.Generator().manual_seed(4), "dh")
+    for k in ("input", "target_r"):
+        flat = b[k].reshape(3, -1)
+        assert torch.allclose(flat.median(1).values, torch.zeros(3), atol=1e-2), k
+        assert torch.allclose(torch.quantile(flat, 0.999, dim=1), torch.ones(3), atol=1e-2), k
+    ref = sim.sample_batch(3, torch.Generator().manual_seed(4), "dh")  # 'photons': same confocal targets
+    assert torch.allclose(b["target_c"], ref["target_c"])
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def test_evaluate_plane_identity_and_a_shifted_bead(sim):
+    px = sim.pixel_um
+    field = sim.field_from_points([[1.05, 1.05], [2.25, 1.55], [1.5, 2.65]], sim.config.photons, (36, 36))
+    truth = sim.scan(field, "confocal", [0.0])[0].numpy()
+    same = evaluate_plane(truth, truth, px)
+    assert same["jaccard"] == 1.0 and same["rmse_lateral_nm"] == pytest.approx(0.0, abs=1e-9)
+    assert same["pearson"] == pytest.approx(1.0) and same["tp"] == 3
+    moved = sim.field_from_points([[1.05, 1.05], [2.25, 1.55], [1.5 + 5 * px, 2.65]], sim.config.photons, (36, 36))
+    other = sim.scan(moved, "confocal", [0.0])[0].numpy()
+    e = evaluate_plane(other, truth, px, threshold_nm=150.0)
+    assert e["tp"] == 2 and e["fp"] == 1 and e["fn"] == 1 and e["jaccard"] == pytest.approx(2 / 4)
+    st = evaluate_stack(np.stack([truth, other]), truth, [0.0, 1.0], px)
+    assert np.allclose(st["jaccard"], [1.0, 0.5]) and st["z_um"].tolist() == [0.0, 1.0]
+    assert localize_beads(truth, px).shape == (3, 2)
+
+
+def test_dof_table_on_a_synthetic_ji_curve():
+    z = np.round(np.arange(-10, 10.01, 0.1), 6)
+    ji = 0.9 * np.exp(-(z / 5.0) ** 4)
+    rows = dof_table(z, ji, tolerances=(0, 0.1, 0.2), reference_ji=0.726)
+    for row, tol in zip(rows, (0, 0.1, 0.2)):
+        thr = 0.726 * (1 - tol)
+        half = 5.0 * (-np.log(thr / 0.9)) ** 0.25  # JI >= thr exactly for |z| <= half
+        n_planes = np.sum(np.abs(z) <= half + 1e-12)
+        assert row["threshold"] == pytest.approx(thr)
+        assert row["dof_um"] == pytest.approx(n_planes * 0.1)
+        interp = effective_dof(z, ji, thr, method="interpolate")
+        assert interp["dof_um"] == pytest.approx(2 * half, abs=2e-3)
+        assert not row["censored"]
+    # the paper's granularity: a native curve flat over 3 planes at its in-focus JI has a DOF of 0.3 µm
+    native = np.where(np.abs(z) <= 0.1 + 1e-9, 0.726, 0.5)
+    assert dof_table(z, native, tolerances=(0,))[0]["dof_um"] == pytest.approx(0.3)
+    # DOFs grow with tolerance, the longest run is chosen, a run reaching the edge is censored
+    assert rows[0]["dof_um"] < rows[1]["dof_um"] < rows[2]["dof_um"]
+    two = np.where((z > -9) & (z < -8), 1.0, np.where(np.abs(z) < 3, 0.9, 0.1))
+    assert effective_dof(z, two, 0.8)["z_low_um"] == pytest.approx(-3.0, abs=0.051)
+    edge = effective_dof(z, np.ones_like(z), 0.5)
+    assert edge["censored"] and edge["dof_um"] == pytest.approx(20.1)
+    assert effective_dof(z, np.zeros_like(z), 0.5)["dof_um"] == 0.0
+    assert PAPER_TABLE1["ji_thresholds"][0.1] == pytest.approx(0.726 * 0.9, abs=1e-3)
+
+
+# -------------------------------------------------------------------------------------------------- training
+@pytest.fixture
+def one_thread():
+    """pytest-xdist runs two workers on two cores: one torch thread each avoids oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_short_cpu_training_lowers_the_losses(sim, tmp_path, one_thread):
+    task = WNetTask(sim, "dh", width=0.125, levels=2, disc_blocks=2, batch_size=4, n_val=8)
+    res = fit(task, TrainConfig(steps=40, out_dir=str(tmp_path / "w"), lr_g=3e-3, lr_d=3e-4, val_every=20,
+                                log_every=10, progress=False))
+    vals = [v["val_loss"] for v in res.validation]
+    assert vals[-1] < 0.7 * vals[0], vals
+    assert res.validation[-1]["val_mae_r"] < 0.7 * res.validation[0]["val_mae_r"]
+    first, last = res.history[0], res.history[-1]
+    assert last["loss_r"] < first["loss_r"] and last["loss_c"] < first["loss_c"]
+    single = SingleUNetTask(sim, "dh", width=0.125, levels=2, disc_blocks=2, batch_size=4, n_val=8)
+    res1 = fit(single, TrainConfig(steps=40, out_dir=str(tmp_path / "s"), lr_g=3e-3, lr_d=3e-4, val_every=20,
+                                   progress=False))
+    assert res1.validation[-1]["val_loss"] < 0.7 * res1.validation[0]["val_loss"]
+    # refocusing a plane with the trained model; a DPM beyond the trained range warns
+    imgs = sim.scan(sim.random_field(torch.Generator().manual_seed(0), (20, 20)), "dh", [1.0, -1.0]).numpy()
+    out = refocus_images(task.generator, imgs, [-1.0, 1.0], task.trained_dpm_range_um)
+    assert out.shape == (2, 2, 20, 20) and np.isfinite(out).all()
+    with pytest.warns(dpm.DPMRangeWarning):
+        refocus_images(task.generator, imgs, 9.0, task.trained_dpm_range_um)
+
+
+def test_train_cached_reuses_a_finished_run_and_refocus_scan_shapes(sim, tmp_path, one_thread):
+    kw = dict(steps=4, width=0.0625, levels=2, disc_blocks=2, batch_size=2, alpha=0.02, lr_g=1e-3, lr_d=1e-4)
+    results_dir = tmp_path / "ci" / "30_wnet_dhpsf"
+    task, res, _ = train_cached(sim, "single", "dh", results_dir, **kw)
+    assert res.resumed_from == 0 and res.last_step == 4
+    again, res2, _ = train_cached(sim, "single", "dh", results_dir, **kw)
+    assert res2.resumed_from == 4                  # loaded, not retrained
+    for a, b in zip(task.generator.state_dict().values(), again.generator.state_dict().values()):
+        assert torch.equal(a, b)
+    assert len(list((tmp_path / "ci" / "checkpoints").iterdir())) == 1
+    scan = np.stack([sim.scan(sim.random_field(torch.Generator().manual_seed(1), (16, 16)), "dh", [0.5, -0.5])
+                     .numpy()] * 2, 1)             # (Z=2, F=2, H, W)
+    out = refocus_scan(task, scan, [0.5, -0.5])
+    assert out.shape == (2, 2, 1, 16, 16) and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="kind"):
+        train_cached(sim, "triple", "dh", results_dir, **kw)
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("make,name", [
+    (lambda: WNet(width=0), "width"),
+    (lambda: WNet(levels=7), "levels"),
+    (lambda: SingleUNet(width=-1.0), "width"),
+    (lambda: wnet_discriminators(blocks=9), "blocks"),
+    (lambda: WNet(0.0625, 2)(torch.rand(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)), "image"),
+    (lambda: WNet(0.0625, 2)(torch.rand(1, 1, 8, 8), torch.zeros(1, 1, 8, 9)), "dpm_network"),
+    (lambda: WNetDataConfig(psf_px=32), "psf_px"),
+    (lambda: WNetDataConfig(dh_range_um=-1.0), "dh_range_um"),
+    (lambda: WNetDataConfig(photons_spread=1.0), "photons_spread"),
+    (lambda: WNetDataConfig(input_normalisation="zscore"), "input_normalisation"),
+    (lambda: dof_table([0, 1, 2], [1, 1, 1], tolerances=(1.5,)), "tolerances"),
+    (lambda: dof_table([0, 1, 2], [1, 1], tolerances=(0.1,)), "ji"),
+    (lambda: effective_dof([0, 2, 1], [1, 1, 1], 0.5), "z_um"),
+    (lambda: effective_dof([0, 1, 2], [1, 1, 1], 0.5, method="cubic"), "method"),
+    (lambda: evaluate_plane(np.zeros((8, 8)), np.zeros((8, 9)), 0.1), "output"),
+    (lambda: localize_beads(np.random.rand(8, 8), 0.1, threshold_rel=1.5), "threshold_rel"),
+    (lambda: refocus_images(WNet(0.0625, 2), np.zeros((2, 8, 8)), [1.0, 2.0, 3.0]), "dpm_um"),
+    (lambda: refocus_scan(None, np.zeros((2, 8, 8)), [0.0, 1.0]), "scan"),
+])
+def test_bad_input_names_the_parameter(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+def test_bad_simulator_calls_name_the_parameter(sim):
+    with pytest.raises(ValueError, match="input_modality"):
+        sim.sample_batch(2, torch.Generator(), "confocal")
+    with pytest.raises(ValueError, match="focal_um"):
+        sim.psf("confocal", 5.0)
+    with pytest.raises(ValueError, match="modality"):
+        sim.psf("sted", 0.0)
+    with pytest.raises(ValueError, match="generator"):
+        sim.sample_batch(2, np.random.default_rng(0), "dh")
+    with pytest.raises(ValueError, match="simulator"):
+        WNetTask(object())
