@@ -1,0 +1,409 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 40 · Deep-Z: 3D neuron activity from a single focal plane (Fig. 3)
+#
+# Wu et al. (Nat. Methods 16, 1323 (2019), Fig. 3 and Supplementary Fig. S6) imaged a *C. elegans* head with
+# nuclear-localised GCaMP (calcium) and tagRFP (a static nuclear label) at **one** focal plane, refocused every
+# frame of both channels with Deep-Z to −10 … +10 µm (0.5 µm steps), segmented the neurons in the median
+# projection over time of the nuclear channel (local maxima + 3D watershed), measured each neuron's activity
+# F(t) as the mean of its 100 brightest voxels, ΔF = F − F0, kept the most active neurons and grouped them by
+# spectral clustering (similarity of Eq. 14 with σ = 1.5, Laplacian L = D − W, L v = λ D v, k from the
+# eigengap, k-means on the first k eigenvectors). Deep-Z's refocused video found **155** neurons where the
+# single-plane input gave **99**.
+#
+# **Here** the worm is simulated (`refocuslib.worm`): a curved tube-shaped head with neuron nuclei spread over
+# ±10 µm in depth, two channels, calcium activity from planted groups — *oscillating*, *anti-correlated*
+# (1 − oscillating), *spiking* (periodic short transients) — plus inactive cells, and slight body motion,
+# imaged at one focal plane through the 20×/0.8 wide-field simulator with camera noise. A Deep-Z is trained on
+# simulated worm-nucleus z-stacks at 20×/0.8 (`refocuslib.tasks.deepz`, cached under
+# `results/<profile>/checkpoints/deepz_worm-<settings hash>`), every frame is refocused, and the pipeline of
+# `refocuslib.activity` runs on (i) the Deep-Z stacks, (ii) the 2D input alone and (iii) a mechanically
+# scanned (simulated) z-stack video as the upper reference. Unlike the paper we know the truth, so we also
+# report the detection recall and the adjusted Rand index (ARI) of the clusters against the planted groups.
+#
+# Differences from the paper: simulated sample and optics (both channels at one emission wavelength; neurons of
+# a group share one waveform); at CI scale the network is tiny and trained for well under a minute without the
+# GAN term, the refocused planes are 2 µm apart and the video is short — the `full` profile restores the
+# paper's sizes (0.5 µm planes, full-width GAN training) for a GPU.
+
+# %% tags=["parameters"]
+# CI-scale defaults; notebooks/params/{ci,full}.yaml override them when run by `refocuslib reproduce`.
+profile = "ci"
+results_dir = "results/ci/40_deepz_neuron_activity"
+seed = 0
+device = "cpu"
+# the worm and its video
+n_nuclei = 150  # neuron nuclei (Deep-Z found 155)
+field_px = 128  # camera field (0.325 µm pixels)
+n_frames = 30
+frame_interval_s = 0.3
+render_z_step_um = 0.5  # axial sampling of the simulated sample volume
+background_photons = 20.0
+# refocusing
+z_half_range_um = 10.0
+z_step_um = 2.0  # spacing of the refocused planes (paper: 0.5)
+scan_reference = True  # also analyse a simulated mechanical z-scan of the same worm
+# Deep-Z training (cached: refocuslib.tasks.deepz through train.fit)
+dz_width = 0.125
+dz_levels = 4
+dz_gan = False
+dz_steps = 150
+dz_batch = 8
+dz_lr = 1e-3
+dz_field_px = 96
+dz_crop_px = 64
+dz_n_samples = 6
+dz_train_z_step_um = 1.0
+# analysis
+min_distance_um = 2.0  # closest allowed neuron centres (segmentation markers)
+n_brightest = 100  # voxels averaged into F(t) (paper: 100)
+sigma = 1.5  # Eq. 14 (paper: 1.5)
+k_max = 8
+n_active = None  # None: Otsu threshold on std(ΔF); an int keeps that many (paper: the most active ones)
+match_threshold_um = 2.0  # Hungarian matching radius for recall against the truth
+threads = 2  # torch CPU threads on device "cpu"
+use_shipped_checkpoints = True  # start from data/checkpoints when it holds this exact recipe (CI trains)
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from scipy import ndimage
+
+from refocuslib import activity as act
+from refocuslib import imaging
+from refocuslib import worm as wormlib
+from refocuslib.datasets.deepz import DeepZDataConfig
+from refocuslib.inference import load_model
+from refocuslib.optics import WORM_20X
+from refocuslib.reproduce import Recorder
+from refocuslib.tasks.deepz import DeepZTask, train_deepz
+from refocuslib.train import checkpoint_dir, use_shipped_checkpoints as use_shipped
+
+t_start = time.time()
+if device.startswith("cuda") and not torch.cuda.is_available():
+    print(f"device {device!r} is not available here; using the CPU")
+    device = "cpu"
+torch.set_num_threads(int(threads))
+use_shipped(bool(use_shipped_checkpoints))
+torch.manual_seed(seed)
+params = dict(n_nuclei=n_nuclei, field_px=field_px, n_frames=n_frames, frame_interval_s=frame_interval_s,
+              render_z_step_um=render_z_step_um, background_photons=background_photons,
+              z_half_range_um=z_half_range_um, z_step_um=z_step_um, scan_reference=scan_reference,
+              dz_width=dz_width, dz_levels=dz_levels, dz_gan=dz_gan, dz_steps=dz_steps, dz_batch=dz_batch,
+              dz_lr=dz_lr, dz_field_px=dz_field_px, dz_crop_px=dz_crop_px, dz_n_samples=dz_n_samples,
+              dz_train_z_step_um=dz_train_z_step_um, min_distance_um=min_distance_um, n_brightest=n_brightest,
+              sigma=sigma, k_max=k_max, n_active=n_active, match_threshold_um=match_threshold_um, device=device)
+rec = Recorder(results_dir, profile=profile, seed=seed, params=params)
+timings = {}
+rec
+
+# %% [markdown]
+# ## 1 · The simulated worm and its single-plane video
+
+# %%
+t0 = time.time()
+rng = np.random.default_rng(seed)
+worm = wormlib.simulate_worm(rng, n_nuclei=n_nuclei, shape_yx=(field_px, field_px), n_frames=n_frames,
+                             frame_interval_s=frame_interval_s)
+planes = np.round(np.arange(-z_half_range_um, z_half_range_um + z_step_um / 2, z_step_um), 6)
+psf = wormlib.psf_stack_for_worm(worm, WORM_20X, render_z_step_um, planes if scan_reference else [0.0])
+video = wormlib.render_video(worm, WORM_20X, render_z_step_um, rng=rng, background_photons=background_photons,
+                             psf_stack=psf)
+truth = worm.centres_at(0)  # frame 0 is the registration reference
+n_groups_active = int(len(np.unique(worm.groups[worm.groups > 0])))
+timings["simulate_s"] = time.time() - t0
+print(f"{len(worm)} nuclei, depth {truth[:, 2].min():+.1f} … {truth[:, 2].max():+.1f} µm; groups "
+      + ", ".join(f"{n}: {c}" for n, c in zip(wormlib.GROUP_NAMES, np.bincount(worm.groups, minlength=4))))
+
+# %%
+px = worm.pixel_um
+extent = (0, field_px * px, field_px * px, 0)
+fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+axes[0].imshow(video.nuclear[0], cmap="gray", extent=extent)
+axes[0].set_title("nuclear label, frame 0 (focal plane z = 0)")
+axes[1].imshow(video.calcium[0], cmap="gray", extent=extent)
+axes[1].set_title("calcium channel, frame 0")
+sc = axes[2].scatter(truth[:, 0], truth[:, 1], c=truth[:, 2], cmap="coolwarm", vmin=-10, vmax=10, s=14)
+axes[2].plot(*worm.centreline_um.T, "k--", lw=0.8)
+axes[2].set_xlim(0, field_px * px)
+axes[2].set_ylim(field_px * px, 0)
+axes[2].set_aspect("equal")
+axes[2].set_title("true nucleus centres")
+fig.colorbar(sc, ax=axes[2], label="depth z (µm)")
+for g in range(1, len(wormlib.GROUP_NAMES)):
+    axes[3].plot(worm.time_s, worm.group_signals[g] + 1.2 * (g - 1), label=wormlib.GROUP_NAMES[g])
+axes[3].set_xlabel("time (s)")
+axes[3].set_yticks([])
+axes[3].set_title("planted activity groups (ΔF/F0 shape)")
+axes[3].legend(fontsize=8)
+for a in axes[:3]:
+    a.set_xlabel("x (µm)")
+axes[0].set_ylabel("y (µm)")
+fig.tight_layout()
+rec.figure(fig, "worm_input", "Simulated worm: the single-plane input (both channels), the true 3D nucleus "
+           "positions and the planted activity groups.")
+
+# %% [markdown]
+# ## 2 · Deep-Z for 20×/0.8 worm nuclei (trained once, cached)
+#
+# `DeepZTask` on simulated worm-nucleus z-stacks (`refocuslib.worm.worm_sample`) imaged through the same
+# 20×/0.8 optics: input one plane, target the plane at the DPM distance (±10 µm). `train_deepz` resumes or
+# skips a finished run, so the model is shared by every later run of this notebook.
+
+# %%
+t0 = time.time()
+ckpt_dir = checkpoint_dir(results_dir, "deepz_worm", dict(
+    sample="refocuslib.worm.worm_sample", z_half_range_um=z_half_range_um, z_step_um=dz_train_z_step_um,
+    field_px=dz_field_px, crop_px=dz_crop_px, n_samples=dz_n_samples, background_photons=background_photons,
+    width=dz_width, levels=dz_levels, gan=dz_gan, batch=dz_batch, steps=dz_steps, lr=dz_lr, seed=seed))
+data_cfg = DeepZDataConfig(microscope=WORM_20X, sample=wormlib.worm_sample, z_half_range_um=z_half_range_um,
+                           z_step_um=dz_train_z_step_um, field_px=dz_field_px, crop_px=dz_crop_px,
+                           n_samples=dz_n_samples, background_photons=background_photons)
+task = DeepZTask(data_cfg, width=dz_width, levels=dz_levels, gan=dz_gan, batch_size=dz_batch, n_val_samples=2,
+                 n_val=8, train_seed=seed, init_seed=seed)
+train_res = train_deepz(task, ckpt_dir, dz_steps, lr_g=dz_lr, val_every=max(dz_steps // 3, 1),
+                        ckpt_every=dz_steps, device=device, seed=seed, progress=False)
+model = load_model(ckpt_dir, device=device)
+val = train_res.validation[-1] if train_res.validation else {}
+timings["train_s"] = time.time() - t0
+print(f"Deep-Z: step {model.model_info['step']}, held-out MAE {val.get('val_mae', float('nan')):.4f} "
+      f"(un-refocused input: {val.get('val_mae_input', float('nan')):.4f}); {timings['train_s']:.1f} s")
+
+# %% [markdown]
+# ## 3 · Register, refocus every frame of both channels, and a mechanical z-scan for reference
+
+# %%
+t0 = time.time()
+reg = act.register_frames(video.nuclear, reference=0, others=[video.calcium])
+nuc2d, cal2d = reg.frames, reg.others[0]
+shift_err_um = float(np.abs(reg.shifts_px[:, ::-1] * px + worm.shifts_um).max())
+nuc3d = act.refocus_video(model, nuc2d, planes)
+cal3d = act.refocus_video(model, cal2d, planes)
+timings["refocus_s"] = time.time() - t0
+print(f"registration: worst error {shift_err_um:.3f} µm; refocused {nuc3d.shape} per channel "
+      f"in {timings['refocus_s']:.1f} s")
+
+scan = None
+if scan_reference:
+    t0 = time.time()
+    nuc_ph, cal_ph = wormlib.render_stacks(worm, planes, psf_stack=psf, z_step_um=render_z_step_um)
+    cam = dict(background_photons=background_photons)
+    nuc_sc = imaging.camera(nuc_ph, rng, **cam).numpy()
+    cal_sc = imaging.camera(cal_ph, rng, **cam).numpy()
+    sreg = act.register_frames(nuc_sc.max(axis=1), reference=0)  # register the scans by their projections
+    nuc_sc = np.stack([ndimage.shift(s, (0, *d), order=1, mode="nearest") for s, d in zip(nuc_sc, sreg.shifts_px)])
+    cal_sc = np.stack([ndimage.shift(s, (0, *d), order=1, mode="nearest") for s, d in zip(cal_sc, sreg.shifts_px)])
+    scan = (nuc_sc, cal_sc)
+    timings["scan_s"] = time.time() - t0
+
+# %%
+show = [int(i) for i in np.linspace(0, len(planes) - 1, 5).round()]
+rows = [("Deep-Z", nuc3d)] + ([("scanned", scan[0])] if scan is not None else [])
+fig, axes = plt.subplots(len(rows), len(show) + 1, figsize=(3.0 * (len(show) + 1), 3.1 * len(rows)), squeeze=False)
+axes[0, 0].imshow(np.median(nuc2d, axis=0), cmap="gray", extent=extent)
+axes[0, 0].set_title("input: focal plane z = 0", fontsize=9)
+for r, (label, st) in enumerate(rows):
+    for j, i in enumerate(show):
+        axes[r, j + 1].imshow(np.median(st[:, i], axis=0), cmap="gray", extent=extent)
+        axes[r, j + 1].set_title(f"{label}: z = {planes[i]:+.0f} µm", fontsize=9)
+for r in range(1, len(rows)):
+    axes[r, 0].axis("off")
+for a in axes.ravel():
+    a.set_xticks([])
+    a.set_yticks([])
+fig.tight_layout()
+rec.figure(fig, "refocused_planes", "Median over time of the nuclear channel: the single-plane input, Deep-Z "
+           "refocused planes and (reference) the simulated mechanical z-scan at the same depths.")
+
+# %% [markdown]
+# ## 4 · Segmentation, activity traces and spectral clustering
+#
+# Median projection over time of the nuclear channel → local maxima + watershed (3D for stacks, 2D for the
+# input) → F(t) = mean of the 100 brightest voxels of each neuron in the calcium channel → ΔF = F − F0 with F0
+# the time average → active neurons by std(ΔF) → Eq. 14 similarity (σ = 1.5) → L v = λ D v, eigengap, k-means.
+
+# %%
+t0 = time.time()
+vox3 = (z_step_um, px, px)
+common = dict(n_brightest=n_brightest, n_active=n_active, sigma=sigma, k_max=k_max, seed=seed,
+              min_distance_um=min_distance_um)
+res = {"Deep-Z stack": act.analyze_activity(nuc3d, cal3d, vox3, **common),
+       "2D input": act.analyze_activity(nuc2d, cal2d, (px, px), **common)}
+if scan is not None:
+    res["scanned stack"] = act.analyze_activity(scan[0], scan[1], vox3, **common)
+
+ev = {name: act.compare_with_truth(r, truth, worm.groups, z0_um=planes[0], threshold_um=match_threshold_um,
+                                 k_true=n_groups_active, seed=seed) for name, r in res.items()}
+timings["analysis_s"] = time.time() - t0
+for name, e in ev.items():
+    print(f"{name:14s}: {e.n:4d} neurons, recall {e.recall:.2f}, precision {e.precision:.2f}, {e.n_active} active, "
+          f"k = {e.k}, ARI {e.ari:.2f} (at k = {n_groups_active}: {e.ari_k_true:.2f}), "
+          f"ARI(ours, scikit-learn) {e.ari_vs_sklearn:.2f}")
+
+# %%
+main = res["Deep-Z stack"]
+seg = main.segmentation
+cents = act.result_centres_um(main, planes[0])
+clus = main.clustering
+cl_of = np.full(seg.n, -1)
+if clus is not None:
+    cl_of[main.active] = clus.labels
+colors = plt.get_cmap("tab10")
+mip = np.median(nuc3d, axis=0).max(axis=0)
+fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+axes[0].imshow(mip, cmap="gray", extent=extent)
+inactive = cl_of < 0
+axes[0].scatter(cents[inactive, 0], cents[inactive, 1], s=14, facecolors="none", edgecolors="0.6",
+                label="not active")
+for c in range(clus.k if clus is not None else 0):
+    sel = cl_of == c
+    axes[0].scatter(cents[sel, 0], cents[sel, 1], s=22, color=colors(c), label=f"cluster C{c + 1}")
+axes[0].legend(fontsize=8, loc="upper right")
+axes[0].set_title(f"MIP of the Deep-Z stack: {seg.n} neurons, coloured by cluster")
+sc = axes[1].scatter(cents[:, 0], cents[:, 1], c=cents[:, 2], cmap="coolwarm", vmin=-z_half_range_um,
+                     vmax=z_half_range_um, s=20)
+axes[1].scatter(truth[:, 0], truth[:, 1], s=30, facecolors="none", edgecolors="k", lw=0.4, label="truth")
+axes[1].set_xlim(0, field_px * px)
+axes[1].set_ylim(field_px * px, 0)
+axes[1].set_aspect("equal")
+axes[1].legend(fontsize=8, loc="upper right")
+axes[1].set_title("3D neuron map (colour: depth from Deep-Z)")
+fig.colorbar(sc, ax=axes[1], label="z (µm)")
+for a in axes:
+    a.set_xlabel("x (µm)")
+    a.set_ylabel("y (µm)")
+fig.tight_layout()
+rec.figure(fig, "neuron_map", "Left: maximum projection of the median Deep-Z stack with the segmented neurons "
+           "coloured by activity cluster (grey: not selected as active). Right: 3D neuron map coloured by depth, "
+           "true nuclei as black circles.")
+
+# %%
+if clus is not None:
+    tr = main.dF[main.active]
+    tr = (tr - tr.mean(1, keepdims=True)) / np.maximum(tr.std(1, keepdims=True), 1e-12)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), gridspec_kw=dict(width_ratios=[1.3, 1, 1]))
+    off = 0.0
+    t_s = worm.time_s
+    for c in range(clus.k):
+        for i in np.where(clus.labels == c)[0]:
+            axes[0].plot(t_s, tr[i] * 0.35 + off, color=colors(c), lw=0.7)
+            off -= 1.0
+        off -= 1.5
+    axes[0].set_yticks([])
+    axes[0].set_xlabel("time (s)")
+    axes[0].set_title(f"ΔF of the {len(main.active)} active neurons, grouped by cluster (z-scored)")
+    axes[1].imshow(main.similarity, cmap="viridis", vmin=0, vmax=1)
+    axes[1].set_title("similarity S (Eq. 14), detection order")
+    im = axes[2].imshow(main.similarity[np.ix_(clus.order, clus.order)], cmap="viridis", vmin=0, vmax=1)
+    axes[2].set_title(f"reordered by cluster (k = {clus.k})")
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    fig.tight_layout()
+    rec.figure(fig, "traces_and_similarity", "Activity traces grouped by spectral cluster and the similarity "
+               "matrix before and after reordering by cluster.")
+
+    n_show = min(k_max + 3, len(clus.eigenvalues))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(1, n_show + 1), clus.eigenvalues[:n_show], "o-")
+    ax.axvspan(clus.k + 0.1, clus.k + 0.9, color="orange", alpha=0.3,
+               label=f"largest gap (j ≥ 2): λ{clus.k + 1} − λ{clus.k} → k = {clus.k}")
+    ax.set_xlabel("index j")
+    ax.set_ylabel("eigenvalue λ_j of L v = λ D v")
+    ax.legend(fontsize=8)
+    ax.set_title("eigengap")
+    fig.tight_layout()
+    rec.figure(fig, "eigengap", "Eigenvalues of the generalised problem L v = λ D v; k is set by the largest gap.")
+
+# %%
+names = list(ev)
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+axes[0].bar(names + ["truth"], [ev[n].n for n in names] + [len(worm)],
+            color=["C0", "C1", "C2", "0.5"][:len(names) + 1])
+axes[0].set_ylabel("neurons found")
+axes[0].set_title("neurons: paper 155 (Deep-Z) vs 99 (2D input)")
+w = 0.35
+x = np.arange(len(names))
+axes[1].bar(x - w / 2, [ev[n].recall for n in names], w, label="recall vs truth")
+axes[1].bar(x + w / 2, [ev[n].ari for n in names], w, label="ARI of clusters vs groups")
+axes[1].set_xticks(x, names)
+axes[1].set_ylim(0, 1)
+axes[1].legend(fontsize=8)
+fig.tight_layout()
+rec.figure(fig, "counts_recall_ari", "Neurons found, detection recall against the simulated truth and ARI of the "
+           "activity clusters against the planted groups, for the Deep-Z stack, the 2D input alone and a "
+           "mechanical z-scan.")
+
+# %% [markdown]
+# ## 5 · Paper versus ours
+
+# %%
+dz_e, in_e = ev["Deep-Z stack"], ev["2D input"]
+rec.number("n_nuclei_true", len(worm))
+rec.number("depth_range_um", [float(truth[:, 2].min()), float(truth[:, 2].max())], "µm")
+rec.number("deepz_val_mae", val.get("val_mae", float("nan")))
+rec.number("deepz_val_mae_input", val.get("val_mae_input", float("nan")))
+rec.number("registration_error_um", shift_err_um, "µm")
+for name, e in ev.items():
+    key = name.split()[0].lower().replace("-", "")
+    rec.number(f"n_neurons_{key}", e.n)
+    rec.number(f"recall_{key}", e.recall)
+    rec.number(f"precision_{key}", e.precision)
+    rec.number(f"n_active_{key}", e.n_active)
+    if e.k is not None:
+        rec.number(f"k_{key}", e.k)
+        rec.number(f"ari_{key}", e.ari)
+        rec.number(f"ari_k_true_{key}", e.ari_k_true)
+        rec.number(f"ari_ours_vs_sklearn_{key}", e.ari_vs_sklearn)
+for k_, v in timings.items():
+    rec.number(k_, v, "s")
+
+rec.claim("Refocusing the single-plane video finds more neurons than the 2D input alone", "Fig. 3",
+          "155 vs 99", f"{dz_e.n} vs {in_e.n}", dz_e.n > in_e.n, note=f"{profile} profile; truth {len(worm)} nuclei")
+rec.claim("Refocused detection recovers more of the true neurons (recall vs simulated truth)",
+          "Fig. 3 (no truth in the paper)", None, f"recall {dz_e.recall:.2f} vs {in_e.recall:.2f}",
+          dz_e.recall > in_e.recall, note=f"Hungarian match within {match_threshold_um} µm (3D; x–y for 2D)")
+if dz_e.k is not None:
+    chance = float(np.nanpercentile(dz_e.chance_ari(200, seed), 99))
+    rec.number("ari_deepz_chance_p99", chance)
+    rec.claim("Spectral clustering of the ΔF traces groups neurons by activity", "Fig. 3c–e", "clusters shown",
+              f"ARI {dz_e.ari:.2f} (k = {dz_e.k}; planted active groups {n_groups_active}; 99th percentile of "
+              f"chance {chance:.2f})", dz_e.ari > chance, note="holds = ARI above 99% of label permutations")
+    rec.claim("The eigengap picks the number of activity groups", "Fig. 3e", "k from the largest eigengap",
+              f"k = {dz_e.k} (planted active groups: {n_groups_active})", dz_e.k == n_groups_active,
+              note="σ = 1.5 on unit-variance traces (our reading of Eq. 14)")
+timings["total_s"] = time.time() - t_start
+rec.number("total_s", timings["total_s"], "s")
+rec.save()
+print({k: round(v, 1) for k, v in timings.items()})
+rec.claims
+
+# %% [markdown]
+# ## Reading the results
+#
+# * **Counts and recall.** The neuron count alone can favour the refocused stack even when its neurons are
+#   wrong; the recall and precision against the simulated truth tell whether the refocused stack really holds
+#   the neurons that lie outside the focal plane. The simulated mechanical z-scan shows what the same pipeline
+#   reaches with perfect refocusing; the gap between it and the Deep-Z row is the network's. At CI scale the
+#   network is trained for well under a minute; in our CI runs it had not yet learnt to use its DPM (compare
+#   its refocused planes with the scanned ones above), so there the claims on recall and clustering are not
+#   expected to hold; the `full` profile trains the paper-size network.
+# * **Clusters.** With σ = 1.5 on unit-variance traces (our reading of Eq. 14; the normalisation of ΔF is not
+#   given in the paper) the affinity is dense: uncorrelated traces still have S = 0.41 and anti-correlated ones
+#   0.17. The anti-correlated pair of groups then dominates the spectrum, and the largest eigengap can sit after
+#   λ₂ even though three eigenvalues lie clearly below the bulk near 1; `ari_k_true_*` reports the same
+#   embedding clustered at the planted number of active groups.
