@@ -24,26 +24,39 @@ def _conv_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return fftconvolve(image, kernel, mode="same")
 
 
-def consistency_map(output, input_image, microscope: Microscope, dz_um: float,
-                    psf_pixels: int | None = None) -> Dict[str, np.ndarray | float]:
-    """Physics consistency of a refocused ``output`` with its ``input_image`` (both (H, W), same units).
+def consistency_map(output, input_image, microscope: Microscope, dz_um: float, input_plane_um: float | None = None,
+                    fit_gain: bool = True, psf_pixels: int | None = None) -> Dict[str, np.ndarray | float]:
+    """Physics consistency of a refocused ``output`` with its ``input_image`` (both (H, W)).
 
-    ``dz_um`` is the refocusing distance (target plane − input plane, the uniform DPM value). Returns
-    ``{'map': |out ⊛ PSF(Δz) − in ⊛ PSF(0)|, 'reimaged': out ⊛ PSF(Δz), 'reference': in ⊛ PSF(0),
-    'nrmse': ‖map‖₂ / ‖reference − mean‖₂}`` (0 for a perfectly consistent output).
+    A thin sample at z = 0 seen at focal plane f gives I_f = O ⊛ PSF(−f) (PSF argument: emitter depth minus
+    focal plane, as in :func:`refocuslib.imaging.render_points`). The input was taken at ``input_plane_um`` = f_in
+    and the output claims to be the plane f_in + ``dz_um`` (the uniform DPM), so for a correct output
+    output ⊛ PSF(−f_in) = input ⊛ PSF(−f_in − dz) — exact whatever the PSF's symmetry (aberrations included).
+    ``input_plane_um`` defaults to −dz (the output is the in-focus plane: output ⊛ PSF(dz) = input ⊛ PSF(0)).
+    ``fit_gain``: normalised images are defined up to gain and offset, so a least-squares a·reimaged + b is
+    fitted to the reference first. Returns ``{'map': |a·reimaged + b − reference|, 'reimaged', 'reference',
+    'gain', 'offset', 'nrmse': ‖map‖₂ / ‖reference − mean‖₂}`` (0 for a perfectly consistent output).
     """
     out = as_image_array(output, "output", ndim=2).astype(np.float64)
     inp = as_image_array(input_image, "input_image", ndim=2).astype(np.float64)
     if out.shape != inp.shape:
         raise ValueError(f"input_image: shape {inp.shape} must match output's {out.shape}")
+    dz = float(dz_um)
+    f_in = -dz if input_plane_um is None else float(input_plane_um)
+    if not (np.isfinite(dz) and np.isfinite(f_in)):
+        raise ValueError(f"dz_um/input_plane_um: must be finite, got {dz_um!r}, {input_plane_um!r}")
     n = psf_pixels or (2 * (min(out.shape) // 2) + 1)
-    psf = microscope.replace(nfp_um=0.0).psf([float(dz_um), 0.0], n, dtype=torch.float64).numpy()
+    psf = microscope.replace(nfp_um=0.0).psf([-f_in, -(f_in + dz)], n, dtype=torch.float64).numpy()
     reimaged = _conv_same(out, psf[0])
     reference = _conv_same(inp, psf[1])
-    err = np.abs(reimaged - reference)
+    gain, offset = 1.0, 0.0
+    if fit_gain:
+        design = np.stack([reimaged.ravel(), np.ones(reimaged.size)], 1)
+        (gain, offset), *_ = np.linalg.lstsq(design, reference.ravel(), rcond=None)
+    err = np.abs(gain * reimaged + offset - reference)
     denom = np.linalg.norm(reference - reference.mean()) + 1e-12
-    return {"map": err, "reimaged": reimaged, "reference": reference,
-            "nrmse": float(np.linalg.norm(reimaged - reference) / denom)}
+    return {"map": err, "reimaged": reimaged, "reference": reference, "gain": float(gain),
+            "offset": float(offset), "nrmse": float(np.linalg.norm(err) / denom)}
 
 
 def ensemble_predictions(models: Sequence[torch.nn.Module], predict: Callable[[torch.nn.Module], torch.Tensor]
@@ -70,3 +83,80 @@ def ensemble_disagreement(predictions) -> Dict[str, np.ndarray | float]:
     mean, std = p.mean(0), p.std(0, ddof=1)
     rng = float(np.percentile(mean, 99.9) - np.percentile(mean, 0.1)) or 1.0
     return {"mean": mean, "std": std, "score": float(std.mean() / rng)}
+
+
+def refocus_reliability(models: Sequence[torch.nn.Module], image, dz_um: float, input_plane_um: float,
+                        microscope: Microscope, truth=None, trained_range_um=None) -> Dict[str, object]:
+    """Refocus one image with every member of a Deep-Z ensemble and score the answer three ways.
+
+    ``image`` (H, W) raw or normalised camera image taken at focal plane ``input_plane_um`` (relative to the
+    thin sample) through ``microscope``; ``dz_um`` the uniform DPM. Returns ``{'mean', 'std'`` (pixel-wise over
+    members), ``'disagreement'`` (:func:`ensemble_disagreement` score), ``'consistency'`` (the
+    :func:`consistency_map` dict of the ensemble mean), ``'error_nrmse'`` (RMSE of the mean against ``truth`` /
+    truth's range, NaN without truth), ``'outside_trained_range'}``. A DPM outside ``trained_range_um`` is
+    flagged here (the warning is recorded, not raised): out-of-range inputs are what this function is for.
+    """
+    import warnings
+    from refocuslib import metrics
+    from refocuslib.datasets.deepz import normalize
+    from refocuslib.inference import refocus
+    img = normalize(as_image_array(image, "image", ndim=2))
+    if len(models) < 2:
+        raise ValueError(f"models: an ensemble needs at least 2 models, got {len(models)}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        preds = np.stack([refocus(m, img, dz_um, trained_range_um=trained_range_um, normalize=False)
+                          for m in models])
+    dis = ensemble_disagreement(preds)
+    cons = consistency_map(dis["mean"], img, microscope, dz_um, input_plane_um=input_plane_um)
+    err = float("nan")
+    if truth is not None:
+        t = as_image_array(truth, "truth", ndim=2).astype(np.float64)
+        if t.shape != img.shape:
+            raise ValueError(f"truth: shape {t.shape} must match the image's {img.shape}")
+        err = metrics.rmse(dis["mean"], t) / (float(t.max() - t.min()) or 1.0)
+    from refocuslib.dpm import DPMRangeWarning
+    out_of_range = any(issubclass(w.category, DPMRangeWarning) for w in caught)
+    return {"mean": dis["mean"], "std": dis["std"], "disagreement": dis["score"], "consistency": cons,
+            "error_nrmse": float(err), "outside_trained_range": bool(out_of_range)}
+
+
+def volume_reliability(models: Sequence[torch.nn.Module], images, z_inputs_um, z_outputs_um,
+                       truth=None) -> Dict[str, object]:
+    """Recurrent-MZ ensemble: reconstruct the volume (Z, H, W) at ``z_outputs_um`` from ``images`` (M, H, W) at
+    ``z_inputs_um`` with every member and score it.
+
+    A thick sample has no exact thin-sample re-imaging identity, so the physics check here is data consistency:
+    the output planes at the measured positions must reproduce the measured images (NRMSE after a gain/offset
+    fit, ``'data_consistency_nrmse'``). Returns ``{'mean', 'std'`` (Z, H, W), ``'disagreement'`` (score over the
+    volume), ``'disagreement_per_plane'`` (Z,), ``'data_consistency_nrmse'``, ``'error_nrmse'`` (RMSE of the
+    mean against ``truth`` (Z, H, W) / truth's range; NaN without truth)}``.
+    """
+    from refocuslib import metrics
+    from refocuslib.tasks.recurrent_mz import recurrent_mz_volume
+    if len(models) < 2:
+        raise ValueError(f"models: an ensemble needs at least 2 models, got {len(models)}")
+    imgs = as_image_array(images, "images", ndim=3).astype(np.float32)
+    zi = np.asarray(z_inputs_um, dtype=np.float64).ravel()
+    zo = np.asarray(z_outputs_um, dtype=np.float64).ravel()
+    preds = np.stack([recurrent_mz_volume(m, imgs, zi, zo) for m in models])
+    dis = ensemble_disagreement(preds)
+    mean = dis["mean"]
+    rng = float(np.percentile(mean, 99.9) - np.percentile(mean, 0.1)) or 1.0
+    per_plane = dis["std"].mean(axis=(1, 2)) / rng
+    errs = []
+    for img, z in zip(imgs, zi):
+        k = int(np.argmin(np.abs(zo - z)))
+        if abs(zo[k] - z) > 1e-6:
+            continue  # this input plane is not among the outputs
+        design = np.stack([mean[k].ravel(), np.ones(mean[k].size)], 1)
+        coef, *_ = np.linalg.lstsq(design, img.ravel().astype(np.float64), rcond=None)
+        errs.append(np.linalg.norm(design @ coef - img.ravel()) / (np.linalg.norm(img - img.mean()) + 1e-12))
+    err = float("nan")
+    if truth is not None:
+        t = as_image_array(truth, "truth", ndim=3).astype(np.float64)
+        if t.shape != mean.shape:
+            raise ValueError(f"truth: shape {t.shape} must match the output volume's {mean.shape}")
+        err = metrics.rmse(mean, t) / (float(t.max() - t.min()) or 1.0)
+    return {"mean": mean, "std": dis["std"], "disagreement": dis["score"], "disagreement_per_plane": per_plane,
+            "data_consistency_nrmse": float(np.mean(errs)) if errs else float("nan"), "error_nrmse": float(err)}

@@ -377,7 +377,10 @@ def install_shipped(out_dir, shipped_dir=None) -> bool:
 # Command line / torchrun entry point
 # ----------------------------------------------------------------------------------------------------------
 #: named tasks: name → "module:factory"; the factory takes keyword parameters and returns a TrainTask.
-TASKS: Dict[str, str] = {}
+TASKS: Dict[str, str] = {
+    "deepz": "refocuslib.tasks.deepz:task_from_params",          # --param data='{...}' width=0.25 ...
+    "deepstorm3d": "refocuslib.tasks.deepstorm3d:build_task",    # --param learn_mask=true width=0.25 ...
+}
 
 
 def resolve_task_factory(spec: str):

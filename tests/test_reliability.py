@@ -30,6 +30,23 @@ def test_the_true_refocused_image_is_consistent():
         assert reliability.consistency_map(target, inp, MIC, dz_um=wrong_dz)["nrmse"] > 10 * good["nrmse"]
 
 
+def test_consistency_holds_for_an_aberrated_psf_off_focus_and_up_to_gain():
+    from refocuslib.datasets.deepz import with_aberration
+    mic = with_aberration(MIC, 1.5)  # spherical aberration: PSF(z) != PSF(-z)
+    beads = samples.beads_on_surface(1, 12, (64 * 0.325, 64 * 0.325), z_um=0.0, min_separation_um=3.0, margin_um=4.0)
+    f_in, dz = -1.0, 2.5  # input at -1 µm, output claimed at +1.5 µm (not in focus)
+    inp, out = imaging.render_points(beads, mic, [f_in, f_in + dz], (64, 64), dtype=torch.float64).numpy()
+    good = reliability.consistency_map(out, inp, mic, dz, input_plane_um=f_in)
+    assert good["nrmse"] < 0.1 and abs(good["gain"] - 1) < 0.05  # residual: defocused light beyond the field
+    flipped = reliability.consistency_map(out, inp, mic, dz, input_plane_um=-f_in)  # wrong sign convention
+    assert flipped["nrmse"] > 4 * good["nrmse"]
+    scaled = reliability.consistency_map(3 * out + 0.2, inp, mic, dz, input_plane_um=f_in)
+    assert scaled["nrmse"] == pytest.approx(good["nrmse"], rel=1e-3)  # offset: zero padding at the edges
+    assert scaled["gain"] == pytest.approx(good["gain"] / 3, rel=1e-3)
+    assert reliability.consistency_map(3 * out + 0.2, inp, mic, dz, input_plane_um=f_in,
+                                       fit_gain=False)["nrmse"] > 1.0
+
+
 def test_ensemble_disagreement_rises_with_spread():
     rng = np.random.default_rng(0)
     base = rng.random((16, 16))
@@ -48,3 +65,57 @@ def test_reliability_bad_inputs():
         reliability.ensemble_disagreement(np.zeros((1, 8, 8)))
     with pytest.raises(ValueError, match="models"):
         reliability.ensemble_predictions([torch.nn.Linear(1, 1)], lambda m: m(torch.ones(1, 1)))
+
+
+def _tiny_deepz(seed):
+    from refocuslib.models.deepz import DeepZGenerator
+    torch.manual_seed(seed)
+    return DeepZGenerator(0.0625, levels=2).eval()
+
+
+def test_refocus_reliability_scores_an_ensemble_and_flags_out_of_range_dpms():
+    rng = np.random.default_rng(0)
+    image = 100 + 50 * rng.random((32, 32))
+    same = reliability.refocus_reliability([_tiny_deepz(0), _tiny_deepz(0)], image, 1.0, -1.0, MIC,
+                                           truth=np.zeros((32, 32)), trained_range_um=(-3, 3))
+    assert same["disagreement"] == 0.0 and not same["outside_trained_range"]
+    assert same["mean"].shape == same["std"].shape == (32, 32)
+    assert np.isfinite(same["error_nrmse"]) and np.isfinite(same["consistency"]["nrmse"])
+    diff = reliability.refocus_reliability([_tiny_deepz(0), _tiny_deepz(1)], image, 5.0, -5.0, MIC,
+                                           trained_range_um=(-3, 3))
+    assert diff["disagreement"] > 0 and diff["outside_trained_range"] and np.isnan(diff["error_nrmse"])
+    with pytest.raises(ValueError, match="truth"):
+        reliability.refocus_reliability([_tiny_deepz(0), _tiny_deepz(1)], image, 1.0, -1.0, MIC,
+                                        truth=np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="models"):
+        reliability.refocus_reliability([_tiny_deepz(0)], image, 1.0, -1.0, MIC)
+
+
+def test_volume_reliability_shapes_and_data_consistency():
+    from refocuslib.models.recurrent_mz import RecurrentMZ
+    members = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        members.append(RecurrentMZ(0.25, levels=2).eval())
+    rng = np.random.default_rng(1)
+    truth = rng.random((5, 16, 16)).astype(np.float32)
+    z = np.arange(5) * 0.5
+    r = reliability.volume_reliability(members, truth[[0, 2, 4]], z[[0, 2, 4]], z, truth=truth)
+    assert r["mean"].shape == r["std"].shape == (5, 16, 16) and r["disagreement_per_plane"].shape == (5,)
+    assert r["disagreement"] > 0 and np.isfinite(r["data_consistency_nrmse"]) and np.isfinite(r["error_nrmse"])
+    with pytest.raises(ValueError, match="truth"):
+        reliability.volume_reliability(members, truth[[0, 2]], z[[0, 2]], z, truth=truth[:3])
+
+
+def test_thin_sample_lies_in_one_plane():
+    from refocuslib.datasets.deepz import DeepZDataConfig, thin_sample, z_planes
+    cfg = DeepZDataConfig(z_half_range_um=2.0, z_step_um=0.5, field_px=32, crop_px=16)
+    zs = z_planes(2.0, 0.5)
+    for kind in ("beads", "filaments", "nuclei"):
+        vol = thin_sample(0, cfg, kind, z_um=0.9)
+        lit = np.flatnonzero(vol.reshape(len(zs), -1).sum(1))
+        assert list(lit) == [int(np.argmin(np.abs(zs - 0.9)))], kind
+    with pytest.raises(ValueError, match="kind"):
+        thin_sample(0, cfg, "beads3d")
+    with pytest.raises(ValueError, match="z_um"):
+        thin_sample(0, cfg, "beads", z_um=5.0)

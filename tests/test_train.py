@@ -148,3 +148,15 @@ def test_shipped_checkpoint_replaces_training_of_the_same_recipe(tmp_path, monke
         train.ship_checkpoint(tmp_path, "x", dest_dir=shipped)
     with pytest.raises(ValueError, match="enabled"):
         train.use_shipped_checkpoints("yes")
+
+
+def test_named_tasks_resolve_to_factories():
+    from refocuslib.train import TASKS, resolve_task_factory
+    task = resolve_task_factory("deepz")(data={"z_half_range_um": 1.0, "field_px": 32, "crop_px": 16,
+                                               "n_samples": 2}, width=0.0625, levels=2, disc_blocks=2, n_val=2,
+                                         n_val_samples=1)
+    assert isinstance(task, TrainTask)
+    assert {"deepz", "deepstorm3d"} <= set(TASKS)
+    assert callable(resolve_task_factory("deepstorm3d"))
+    with pytest.raises(ValueError, match="task"):
+        resolve_task_factory("nonexistent")

@@ -25,7 +25,7 @@ from refocuslib.train import TrainConfig, TrainResult, TrainTask, checkpoint_dir
 
 Tensor = torch.Tensor
 
-__all__ = ["DeepZTask", "train_deepz", "build_task", "train_from_spec", "MICROSCOPES", "deepz_plus_config",
+__all__ = ["DeepZTask", "train_deepz", "build_task", "task_from_params", "train_from_spec", "MICROSCOPES", "deepz_plus_config",
            "DeepZDataConfig", "MODEL_KIND"]
 
 #: ``extra_state()['kind']`` of Deep-Z checkpoints.
@@ -186,6 +186,12 @@ def build_task(spec: dict) -> DeepZTask:
     task = DeepZTask(cfg, **{k: spec[k] for k in _TASK_KEYS if k in spec})
     task.spec = _plain(spec)
     return task
+
+
+def task_from_params(**spec) -> DeepZTask:
+    """:func:`build_task` with the recipe as keyword arguments (the ``python -m refocuslib.train --task deepz``
+    factory: ``--param data='{z_half_range_um: 3.0}' --param width=0.25``)."""
+    return build_task(spec)
 
 
 def _plain(x):
