@@ -59,28 +59,25 @@ background_photons = 10.0
 widget_pixels = 48
 shared_data_dir = None  # None: <repo>/../shared/data
 tetrapod_pupil_radius_px = 48.3  # printed mask, in mask pixels (data README: f NA / M / p)
+use_shipped_checkpoints = True  # every notebook takes it; this one trains nothing
 
 # %%
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from refocuslib import dpm, imaging, metrics, optics, samples, widgets
-from refocuslib.reproduce import Recorder, default_shared_data_dir
+from refocuslib.reproduce import default_shared_data_dir, start_notebook
 
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
 rng = np.random.default_rng(seed)
-torch.manual_seed(seed)
-params = dict(device=device, n_pixels=n_pixels, n_pixels_oil=n_pixels_oil, n_pixels_tetrapod=n_pixels_tetrapod,
+params = dict(n_pixels=n_pixels, n_pixels_oil=n_pixels_oil, n_pixels_tetrapod=n_pixels_tetrapod,
               z_step_um=z_step_um, z_half_range_um=z_half_range_um, n_montage=n_montage, bead_fov_px=bead_fov_px,
               n_beads=n_beads, bead_z_step_um=bead_z_step_um, bead_z_half_range_um=bead_z_half_range_um,
               bead_photons=bead_photons, background_photons=background_photons, widget_pixels=widget_pixels,
               shared_data_dir=shared_data_dir, tetrapod_pupil_radius_px=tetrapod_pupil_radius_px)
-rec = Recorder(results_dir, profile=profile, seed=seed, params=params)
+rec, device = start_notebook(results_dir, profile, seed, device=device,
+                             use_shipped_checkpoints=use_shipped_checkpoints, **params)
 rec
 
 # %% [markdown]

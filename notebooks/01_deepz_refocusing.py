@@ -59,25 +59,19 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from refocuslib import metrics, samples
 from refocuslib.datasets import deepz as dzdata
 from refocuslib.inference import refocus, refocus_stack
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks.deepz import train_from_spec
-from refocuslib.train import use_shipped_checkpoints as use_shipped
 
 t_start = time.time()
-torch.set_num_threads(int(threads))
-use_shipped(bool(use_shipped_checkpoints))
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
-rec = Recorder(results_dir, profile=profile, seed=seed,
-               params=dict(device=device, threads=threads, model_name=model_name, deepz_model=deepz_model,
-                           eval_fov_px=eval_fov_px, n_eval_fields=n_eval_fields, eval_n_beads=eval_n_beads,
-                           eval_z_half_range_um=eval_z_half_range_um, lateral_inputs_um=lateral_inputs_um))
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints,
+                             model_name=model_name, deepz_model=deepz_model,
+                             eval_fov_px=eval_fov_px, n_eval_fields=n_eval_fields, eval_n_beads=eval_n_beads,
+                             eval_z_half_range_um=eval_z_half_range_um, lateral_inputs_um=lateral_inputs_um)
 
 # %% [markdown]
 # ## 1 · Train (or reuse) the Deep-Z generator

@@ -56,26 +56,20 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from refocuslib import dpm, metrics, samples, widgets
 from refocuslib.datasets import deepz as dzdata
 from refocuslib.inference import refocus
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks.deepz import train_from_spec
-from refocuslib.train import use_shipped_checkpoints as use_shipped
 
 t_start = time.time()
-torch.set_num_threads(int(threads))
-use_shipped(bool(use_shipped_checkpoints))
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
-rec = Recorder(results_dir, profile=profile, seed=seed,
-               params=dict(device=device, threads=threads, model_name=model_name, deepz_model=deepz_model,
-                           field_px=field_px, n_beads=n_beads, tilt_deg=tilt_deg,
-                           cylinder_diameter_um=cylinder_diameter_um, sinusoid_periods_px=sinusoid_periods_px,
-                           sinusoid_span_um=sinusoid_span_um, sinusoid_n_beads=sinusoid_n_beads))
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints,
+                             model_name=model_name, deepz_model=deepz_model,
+                             field_px=field_px, n_beads=n_beads, tilt_deg=tilt_deg,
+                             cylinder_diameter_um=cylinder_diameter_um, sinusoid_periods_px=sinusoid_periods_px,
+                             sinusoid_span_um=sinusoid_span_um, sinusoid_n_beads=sinusoid_n_beads)
 task, result = train_from_spec(deepz_model, results_dir, model_name, seed=seed, device=device)
 model = task.generator.to("cpu").eval()
 lo, hi = task.trained_range_um

@@ -58,24 +58,18 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from refocuslib import metrics
 from refocuslib.datasets import deepz as dzdata
 from refocuslib.inference import refocus_stack
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks.deepz import train_from_spec
-from refocuslib.train import use_shipped_checkpoints as use_shipped
 
 t_start = time.time()
-torch.set_num_threads(int(threads))
-use_shipped(bool(use_shipped_checkpoints))
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
-rec = Recorder(results_dir, profile=profile, seed=seed,
-               params=dict(device=device, threads=threads, deepz_plus_model=deepz_plus_model,
-                           plain_model=plain_model, eval_fov_px=eval_fov_px, show_planes_um=show_planes_um))
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints,
+                             deepz_plus_model=deepz_plus_model,
+                             plain_model=plain_model, eval_fov_px=eval_fov_px, show_planes_um=show_planes_um)
 
 # %% [markdown]
 # ## 1 · Train (or reuse) Deep-Z+ and plain Deep-Z

@@ -60,24 +60,17 @@ use_shipped_checkpoints = True  # start from data/checkpoints when it holds this
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from refocuslib import smlm
 from refocuslib.datasets.deepstorm3d import emitters_for_density
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks.deepstorm3d import compare_with_mp, simulate_test_frames, train_cached
-from refocuslib.train import use_shipped_checkpoints as use_shipped
 
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
-torch.set_num_threads(threads)
-use_shipped(bool(use_shipped_checkpoints))
-torch.manual_seed(seed)
 params = dict(tetrapod_model=tetrapod_model, train_steps=train_steps, lr=lr, fov_px=fov_px, densities=densities,
               n_frames=n_frames, n_frames_mp=n_frames_mp, n_single=n_single, photons=photons, background=background,
-              match_nm=match_nm, mp_min_photons=mp_min_photons, mp_z_step_um=mp_z_step_um, device=device)
-rec = Recorder(results_dir, profile=profile, seed=seed, params=params)
+              match_nm=match_nm, mp_min_photons=mp_min_photons, mp_z_step_um=mp_z_step_um)
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints, **params)
 
 # %% [markdown]
 # ## 1 · Train the localization CNN on simulated Tetrapod frames (cached)

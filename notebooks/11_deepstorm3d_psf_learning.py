@@ -59,20 +59,14 @@ import torch
 
 from refocuslib import smlm
 from refocuslib.datasets.deepstorm3d import emitters_for_density
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks.deepstorm3d import match_frames, simulate_test_frames, train_cached
-from refocuslib.train import use_shipped_checkpoints as use_shipped
 
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
-torch.set_num_threads(threads)
-use_shipped(bool(use_shipped_checkpoints))
-torch.manual_seed(seed)
 params = dict(tetrapod_model=tetrapod_model, train_steps=train_steps, lr=lr, learned_model=learned_model,
               learned_steps=learned_steps, learned_lr=learned_lr, fov_px=fov_px, densities=densities,
-              n_frames=n_frames, match_nm=match_nm, photons=photons, background=background, device=device)
-rec = Recorder(results_dir, profile=profile, seed=seed, params=params)
+              n_frames=n_frames, match_nm=match_nm, photons=photons, background=background)
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints, **params)
 
 # %% [markdown]
 # ## 1 · Train (or load) the Tetrapod CNN and the jointly learned mask + CNN

@@ -64,20 +64,14 @@ from scipy import ndimage
 
 from refocuslib import smlm
 from refocuslib.optics import mask_phase_on_grid
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks.deepstorm3d import train_cached
-from refocuslib.train import use_shipped_checkpoints as use_shipped
 
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
-torch.set_num_threads(threads)
-use_shipped(bool(use_shipped_checkpoints))
-torch.manual_seed(seed)
 params = dict(storm_model=storm_model, storm_steps=storm_steps, storm_lr=storm_lr, telomere_model=telomere_model,
               telomere_steps=telomere_steps, telomere_lr=telomere_lr, n_storm_frames=n_storm_frames,
-              hist_nm=hist_nm, hist_blur=hist_blur, device=device)
-rec = Recorder(results_dir, profile=profile, seed=seed, params=params)
+              hist_nm=hist_nm, hist_blur=hist_blur)
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints, **params)
 
 # %% [markdown]
 # ## 1 · The measured masks on the simulator's pupil, and their PSFs through z

@@ -69,21 +69,19 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from refocuslib import metrics
 from refocuslib.datasets.recurrent_mz import VolumeSpec, simulate_volumes
 from refocuslib.models.blocks import count_parameters
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks import recurrent_mz as rmz
-from refocuslib.train import checkpoints_root, use_shipped_checkpoints as use_shipped
+from refocuslib.train import checkpoints_root
 
 t_start, cpu_start = time.perf_counter(), time.process_time()
-torch.set_num_threads(int(threads))
-use_shipped(bool(use_shipped_checkpoints))
-rec = Recorder(results_dir, profile=profile, seed=seed,
-               params=dict(setup=setup, beads=beads, n_test=n_test, fwhm_bins_um=fwhm_bins_um,
-                           fwhm_kl_eps=fwhm_kl_eps, threads=threads, device=device))
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints,
+                             setup=setup, beads=beads, n_test=n_test, fwhm_bins_um=fwhm_bins_um,
+                             fwhm_kl_eps=fwhm_kl_eps)
 checkpoints = checkpoints_root(results_dir)
 LABEL = {"recurrent_mz": "Recurrent-MZ", "deepz": "Deep-Z (nearest input)", "unet3d": "3D U-Net",
          "interpolation": "linear interpolation"}

@@ -60,21 +60,19 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from refocuslib import metrics
 from refocuslib.datasets.recurrent_mz import VolumeSpec, simulate_volumes
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks import recurrent_mz as rmz
-from refocuslib.train import checkpoints_root, use_shipped_checkpoints as use_shipped
+from refocuslib.train import checkpoints_root
 
 t_start, cpu_start = time.perf_counter(), time.process_time()
-torch.set_num_threads(int(threads))
-use_shipped(bool(use_shipped_checkpoints))
-rec = Recorder(results_dir, profile=profile, seed=seed,
-               params=dict(setup=setup, n_test=n_test, nonuniform_inputs_um=nonuniform_inputs_um,
-                           dpm_sigmas_um=dpm_sigmas_um, n_draws=n_draws, dpm_noise_mode=dpm_noise_mode,
-                           permutation_tolerance=permutation_tolerance, threads=threads, device=device))
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints,
+                             setup=setup, n_test=n_test, nonuniform_inputs_um=nonuniform_inputs_um,
+                             dpm_sigmas_um=dpm_sigmas_um, n_draws=n_draws, dpm_noise_mode=dpm_noise_mode,
+                             permutation_tolerance=permutation_tolerance)
 checkpoints = checkpoints_root(results_dir)
 spec = VolumeSpec(**setup["nuclei"])
 nets = rmz.train_models(spec, setup["train"], checkpoints, seed=seed, device=device,

@@ -89,20 +89,18 @@ from refocuslib.datasets.wnet import WNetBeadSimulator, WNetDataConfig
 from refocuslib.models.blocks import count_parameters
 from refocuslib.models.wnet import CROSS, REFOCUSED
 from refocuslib.optics import OIL_63X
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks.wnet import train_cached
 from refocuslib import wnet_eval
-from refocuslib.train import use_shipped_checkpoints as use_shipped
 
-torch.set_num_threads(int(threads))
-use_shipped(bool(use_shipped_checkpoints))
 t_start = time.perf_counter()
 params = {k: v for k, v in dict(globals()).items()
           if k in ("dh_rings", "z_step_um", "psf_px", "dh_range_um", "wf_range_um", "confocal_range_um",
                    "beads_per_um2", "photons", "background_photons", "input_normalisation", "width", "levels",
                    "disc_blocks", "crop_px", "batch_size", "steps", "lr_g", "lr_d", "alpha", "eval_fov_px", "n_eval_fields",
-                   "eval_z_step_um", "threshold_nm", "threshold_rel", "example_z_um", "device")}
-rec = Recorder(results_dir, profile=profile, seed=seed, params=params)
+                   "eval_z_step_um", "threshold_nm", "threshold_rel", "example_z_um")}
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints, **params)
 
 data_cfg = WNetDataConfig(microscope=OIL_63X, dh_rings=dh_rings, dh_range_um=dh_range_um, wf_range_um=wf_range_um,
                           confocal_range_um=confocal_range_um, z_step_um=z_step_um, psf_px=psf_px, crop_px=crop_px,

@@ -82,7 +82,6 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from scipy import ndimage
 
 from refocuslib import activity as act
@@ -91,25 +90,20 @@ from refocuslib import worm as wormlib
 from refocuslib.datasets.deepz import DeepZDataConfig
 from refocuslib.inference import load_model
 from refocuslib.optics import WORM_20X
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks.deepz import DeepZTask, train_deepz
-from refocuslib.train import checkpoint_dir, use_shipped_checkpoints as use_shipped
+from refocuslib.train import checkpoint_dir
 
 t_start = time.time()
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
-torch.set_num_threads(int(threads))
-use_shipped(bool(use_shipped_checkpoints))
-torch.manual_seed(seed)
 params = dict(n_nuclei=n_nuclei, field_px=field_px, n_frames=n_frames, frame_interval_s=frame_interval_s,
               render_z_step_um=render_z_step_um, background_photons=background_photons,
               z_half_range_um=z_half_range_um, z_step_um=z_step_um, scan_reference=scan_reference,
               dz_width=dz_width, dz_levels=dz_levels, dz_gan=dz_gan, dz_steps=dz_steps, dz_batch=dz_batch,
               dz_lr=dz_lr, dz_field_px=dz_field_px, dz_crop_px=dz_crop_px, dz_n_samples=dz_n_samples,
               dz_train_z_step_um=dz_train_z_step_um, min_distance_um=min_distance_um, n_brightest=n_brightest,
-              sigma=sigma, k_max=k_max, n_active=n_active, match_threshold_um=match_threshold_um, device=device)
-rec = Recorder(results_dir, profile=profile, seed=seed, params=params)
+              sigma=sigma, k_max=k_max, n_active=n_active, match_threshold_um=match_threshold_um)
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints, **params)
 timings = {}
 rec
 

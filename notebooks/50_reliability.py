@@ -73,28 +73,22 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from refocuslib import bench, reliability
 from refocuslib.datasets import deepz as dzdata
 from refocuslib.datasets.recurrent_mz import VolumeSpec, simulate_volumes
-from refocuslib.reproduce import Recorder
+from refocuslib.reproduce import start_notebook
 from refocuslib.tasks import recurrent_mz as rmz
 from refocuslib.tasks.deepz import train_from_spec
-from refocuslib.train import checkpoints_root, use_shipped_checkpoints as use_shipped
+from refocuslib.train import checkpoints_root
 
 t_start = time.time()
-torch.set_num_threads(int(threads))
-use_shipped(bool(use_shipped_checkpoints))
-if device.startswith("cuda") and not torch.cuda.is_available():
-    print(f"device {device!r} is not available here; using the CPU")
-    device = "cpu"
-rec = Recorder(results_dir, profile=profile, seed=seed,
-               params=dict(deepz_model=deepz_model, ensemble_seeds=ensemble_seeds, eval_fov_px=eval_fov_px,
-                           n_fields=n_fields, in_range_planes_um=in_range_planes_um,
-                           beyond_range_planes_um=beyond_range_planes_um, unseen_kind=unseen_kind,
-                           low_snr_factor=low_snr_factor, rmz_setup=rmz_setup, rmz_n_test=rmz_n_test,
-                           threads=threads, device=device))
+rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
+                             use_shipped_checkpoints=use_shipped_checkpoints,
+                             deepz_model=deepz_model, ensemble_seeds=ensemble_seeds, eval_fov_px=eval_fov_px,
+                             n_fields=n_fields, in_range_planes_um=in_range_planes_um,
+                             beyond_range_planes_um=beyond_range_planes_um, unseen_kind=unseen_kind,
+                             low_snr_factor=low_snr_factor, rmz_setup=rmz_setup, rmz_n_test=rmz_n_test)
 
 # %% [markdown]
 # ## 1 · The Deep-Z ensemble

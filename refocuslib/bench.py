@@ -334,7 +334,8 @@ def bench_wnet(n: int | None = None, seed: int = 0, repeats: int = 2, ci=(0.125,
     """W-Net (Yang et al. 2021): inference seconds per ``n``² image (default 512) of the paper-width W-Net (two
     cascaded generators, width 1, 5 levels) against the single U-Net (about half the parameters), and seconds
     per joint training step (data simulation, both discriminators, both generators) at the CI configuration
-    ``ci`` = (width, levels, crop_px, batch_size) of notebooks/params/ci.yaml.
+    ``ci`` = (width, levels, crop_px, batch_size) of notebooks/params/ci.yaml (``None``: skip the training timing,
+    whose simulator set-up takes most of the time).
     """
     import torch
 
@@ -354,6 +355,8 @@ def bench_wnet(n: int | None = None, seed: int = 0, repeats: int = 2, ci=(0.125,
             out[f"{name}_s_per_image"] = _best_time(lambda: model(x, d), repeats)
         out[f"{name}_parameters"] = sum(p.numel() for p in model.parameters())
     out["wnet_over_single_time"] = out["wnet_s_per_image"] / out["single_unet_s_per_image"]
+    if ci is None:
+        return out
     width, levels, crop, batch = ci
     sim = WNetBeadSimulator(z_step_um=0.25, crop_px=crop)
     task = WNetTask(sim, "dh", width=width, levels=levels, disc_blocks=3, batch_size=batch, n_val=2)

@@ -223,6 +223,33 @@ class Recorder:
 
 
 # ----------------------------------------------------------------------------------------- parameters, files
+def start_notebook(results_dir, profile: str = "ci", seed: int = 0, device: str = "cpu",
+                   threads: Optional[int] = None, use_shipped_checkpoints: bool = False,
+                   **params: Any) -> "tuple[Recorder, str]":
+    """The first code cell of every notebook: ``torch`` CPU threads (``threads``), seeds ``torch`` with ``seed``,
+    falls back to the CPU (and says so) when ``device`` is CUDA but none is available, switches shipped
+    checkpoints on or off (:func:`refocuslib.train.use_shipped_checkpoints`) and opens the :class:`Recorder`
+    with the notebook's parameters (``device``, ``threads`` and ``**params``) as provenance.
+    Returns ``(recorder, device)``."""
+    import torch
+    from refocuslib.train import use_shipped_checkpoints as _use_shipped
+    if threads is not None:
+        if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+            raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+        torch.set_num_threads(int(threads))
+    if not isinstance(device, str) or not device:
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"device {device!r} is not available here; using the CPU")
+        device = "cpu"
+    _use_shipped(bool(use_shipped_checkpoints))
+    torch.manual_seed(int(seed))
+    rec = Recorder(results_dir, profile=profile, seed=seed,
+                   params={"device": device, "threads": threads, "use_shipped_checkpoints": bool(use_shipped_checkpoints),
+                           **params})
+    return rec, device
+
+
 def default_notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 

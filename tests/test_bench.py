@@ -10,3 +10,19 @@ def test_simulator_bench_reports_both_renderers():
     for key in ("pairs_per_s_fft_volume", "pairs_per_s_exact_points", "ratio_fft_over_points",
                 "psf_planes_per_s_64px"):
         assert math.isfinite(out[key]) and out[key] > 0
+
+
+def test_every_paper_benchmark_runs_on_cpu_at_a_small_size():
+    """`python -m refocuslib.bench all` runs every registered benchmark; here each at a small size in its own unit
+    (fits, pixels, planes, tile) so the suite stays fast. Speed is reported, not asserted."""
+    assert set(bench.BENCHMARKS) == {"fwhm", "simulator", "deepz", "wnet", "recurrent_mz", "deepstorm3d"}
+    out = {"fwhm": bench.bench_fwhm(n=64), "deepz": bench.bench_deepz(n=32, repeats=1),
+           "wnet": bench.bench_wnet(n=32, repeats=1, ci=None), "recurrent_mz": bench.bench_recurrent_mz(n=2, size=64)}
+    # simulator: test above; deepstorm3d: tests/test_deepstorm3d.py
+    for name, res in out.items():
+        numbers = {k: v for k, v in res.items() if isinstance(v, float)}
+        assert numbers, name
+        for k, v in numbers.items():
+            assert math.isfinite(v) and v >= 0, (name, k, v)
+    assert out["deepz"]["w1_l5_32_max_abs_diff"] < 1e-3  # the fast path computes the same output
+    assert out["recurrent_mz"]["output_shape_ok"] is True

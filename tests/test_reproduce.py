@@ -182,3 +182,24 @@ def test_claims_markdown_and_update_readme(tmp_path):
     plain.write_text("no markers here\n")
     with pytest.raises(ValueError, match="readme_path"):
         reproduce.update_readme(plain, table)
+
+
+def test_start_notebook_sets_threads_seed_shipped_switch_and_records_params(tmp_path, capsys):
+    import torch
+    from refocuslib import train
+    threads = torch.get_num_threads()
+    try:
+        rec, device = reproduce.start_notebook(tmp_path / "nb", "ci", 7, device="cuda:0", threads=1,
+                                               use_shipped_checkpoints=True, width=0.25)
+        if not torch.cuda.is_available():
+            assert device == "cpu" and "not available" in capsys.readouterr().out
+        assert torch.get_num_threads() == 1 and train._USE_SHIPPED is True
+        assert rec.params == {"device": device, "threads": 1, "use_shipped_checkpoints": True, "width": 0.25}
+        a = torch.rand(3)
+        reproduce.start_notebook(tmp_path / "nb", "ci", 7, use_shipped_checkpoints=False)
+        assert torch.equal(a, torch.rand(3)) and train._USE_SHIPPED is False  # seeded the same way
+        with pytest.raises(ValueError, match="threads"):
+            reproduce.start_notebook(tmp_path / "nb", threads=0)
+    finally:
+        torch.set_num_threads(threads)
+        train.use_shipped_checkpoints(False)

@@ -329,6 +329,7 @@ def train_cached(config: dict, steps: int, lr_g: float, results_dir, name: str, 
     from refocuslib.train import TrainConfig, fit
     steps = positive_int(steps, "steps")
     key = {**TASK_DEFAULTS, **config, "steps": steps, "lr_g": lr_g, "seed": seed}
+    torch.manual_seed(int(seed))  # the CNN's (and a learnable mask's) initial weights belong to the recipe
     task = build_task(**config)
     out = checkpoint_dir(results_dir, name, key)
     ve = val_every or max(1, steps // 4)
