@@ -325,7 +325,7 @@ def train_cached(config: dict, steps: int, lr_g: float, results_dir, name: str, 
     """Build the task of ``config``, train it with :func:`refocuslib.train.fit` in
     :func:`refocuslib.train.checkpoint_dir` (``results/<profile>/checkpoints/<name>-<hash>``; an existing
     finished run is loaded instead of retrained, so notebooks share one model), then calibrate the detection threshold on the
-    validation frames. Returns ``(task, TrainResult)``."""
+    validation frames. The network holds the best-validation weights. Returns ``(task, TrainResult)``."""
     from refocuslib.train import TrainConfig, fit
     steps = positive_int(steps, "steps")
     key = {**TASK_DEFAULTS, **config, "steps": steps, "lr_g": lr_g, "seed": seed}
@@ -335,6 +335,9 @@ def train_cached(config: dict, steps: int, lr_g: float, results_dir, name: str, 
     ve = val_every or max(1, steps // 4)
     res = fit(task, TrainConfig(steps=steps, out_dir=str(out), lr_g=float(lr_g), val_every=ve, ckpt_every=steps,
                                 seed=seed, device=device, progress=progress))
+    if (out / "best.pt").exists():  # the best-validation weights, as for every other paper's model
+        from refocuslib.train import load_generator_weights
+        load_generator_weights(task.generator, out / "best.pt")
     task.calibrate_threshold()
     return task, res
 

@@ -20,7 +20,7 @@ from refocuslib import losses
 from refocuslib._validate import in_range, positive_int
 from refocuslib.datasets.wnet import INPUT_MODALITIES, WNetBeadSimulator
 from refocuslib.models.wnet import CROSS, REFOCUSED, SingleUNet, WNet, patch_discriminator, wnet_discriminators
-from refocuslib.train import TrainConfig, TrainTask, checkpoint_dir, fit
+from refocuslib.train import TrainConfig, TrainTask, checkpoint_dir, fit, load_generator_weights
 
 __all__ = ["WNetTask", "SingleUNetTask", "train_cached"]
 
@@ -127,7 +127,7 @@ def train_cached(simulator: WNetBeadSimulator, kind: str, input_modality: str, r
     """Train (or resume, or load when finished) one model of the paper's comparison with the shared loop
     :func:`refocuslib.train.fit` in :func:`refocuslib.train.checkpoint_dir` — ``kind`` 'wnet' (the cascade) or
     'single' (the single U-Net), fed with ``input_modality`` 'dh' or 'wf'. Returns
-    ``(task, TrainResult, seconds)`` with the generator in eval mode on ``device``."""
+    ``(task, TrainResult, seconds)`` with the generator (best validation weights) in eval mode on ``device``."""
     if kind not in ("wnet", "single"):
         raise ValueError(f"kind: 'wnet' or 'single', got {kind!r}")
     if input_modality not in INPUT_MODALITIES:
@@ -144,5 +144,7 @@ def train_cached(simulator: WNetBeadSimulator, kind: str, input_modality: str, r
     res = fit(task, TrainConfig(steps=steps, out_dir=str(out), lr_g=lr_g, lr_d=lr_d,
                                 val_every=max(steps // 5, 1), ckpt_every=max(steps // 5, 1),
                                 log_every=max(steps // 25, 1), seed=seed, device=device, progress=progress))
+    if (out / "best.pt").exists():  # the best-validation weights, as for every other paper's model
+        load_generator_weights(task.generator, out / "best.pt")
     task.generator.to(device).eval()
     return task, res, time.perf_counter() - t0
