@@ -24,6 +24,26 @@ def _conv_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return fftconvolve(image, kernel, mode="same")
 
 
+def _affine_residual(estimate: np.ndarray, reference: np.ndarray, fit_gain: bool = True):
+    """Fit gain·estimate + offset ≈ reference by least squares (normalised images are defined up to gain and
+    offset; ``fit_gain=False`` keeps 1 and 0). Returns (gain, offset, |residual| map,
+    ‖residual‖₂ / ‖reference − mean‖₂)."""
+    gain, offset = 1.0, 0.0
+    if fit_gain:
+        design = np.stack([estimate.ravel(), np.ones(estimate.size)], 1)
+        (gain, offset), *_ = np.linalg.lstsq(design, reference.ravel(), rcond=None)
+    err = np.abs(gain * estimate + offset - reference)
+    denom = np.linalg.norm(reference - reference.mean()) + 1e-12
+    return float(gain), float(offset), err, float(np.linalg.norm(err) / denom)
+
+
+def _error_nrmse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """RMSE against ``truth`` over truth's dynamic range (the range taken as 1 for a constant truth, where
+    :func:`refocuslib.metrics.nrmse` would refuse)."""
+    from refocuslib import metrics
+    return metrics.rmse(prediction, truth) / (float(truth.max() - truth.min()) or 1.0)
+
+
 def consistency_map(output, input_image, microscope: Microscope, dz_um: float, input_plane_um: float | None = None,
                     fit_gain: bool = True, psf_pixels: int | None = None) -> Dict[str, np.ndarray | float]:
     """Physics consistency of a refocused ``output`` with its ``input_image`` (both (H, W)).
@@ -49,14 +69,9 @@ def consistency_map(output, input_image, microscope: Microscope, dz_um: float, i
     psf = microscope.replace(nfp_um=0.0).psf([-f_in, -(f_in + dz)], n, dtype=torch.float64).numpy()
     reimaged = _conv_same(out, psf[0])
     reference = _conv_same(inp, psf[1])
-    gain, offset = 1.0, 0.0
-    if fit_gain:
-        design = np.stack([reimaged.ravel(), np.ones(reimaged.size)], 1)
-        (gain, offset), *_ = np.linalg.lstsq(design, reference.ravel(), rcond=None)
-    err = np.abs(gain * reimaged + offset - reference)
-    denom = np.linalg.norm(reference - reference.mean()) + 1e-12
-    return {"map": err, "reimaged": reimaged, "reference": reference, "gain": float(gain),
-            "offset": float(offset), "nrmse": float(np.linalg.norm(err) / denom)}
+    gain, offset, err, nrmse = _affine_residual(reimaged, reference, fit_gain)
+    return {"map": err, "reimaged": reimaged, "reference": reference, "gain": gain, "offset": offset,
+            "nrmse": nrmse}
 
 
 def ensemble_predictions(models: Sequence[torch.nn.Module], predict: Callable[[torch.nn.Module], torch.Tensor]
@@ -75,14 +90,15 @@ def ensemble_predictions(models: Sequence[torch.nn.Module], predict: Callable[[t
 
 
 def ensemble_disagreement(predictions) -> Dict[str, np.ndarray | float]:
-    """Pixel-wise spread of an ensemble's predictions (K, ...): ``{'mean', 'std', 'score'}`` with ``score`` the
-    mean std normalised by the mean prediction's dynamic range (comparable across inputs)."""
+    """Pixel-wise spread of an ensemble's predictions (K, ...): ``{'mean', 'std', 'range', 'score'}`` with
+    ``range`` the mean prediction's dynamic range (99.9th − 0.1th percentile) and ``score`` the mean std divided
+    by it (comparable across inputs)."""
     p = as_image_array(predictions, "predictions", ndim=(2, 3, 4, 5)).astype(np.float64)
     if p.shape[0] < 2:
         raise ValueError(f"predictions: need at least 2 ensemble members along axis 0, got {p.shape[0]}")
     mean, std = p.mean(0), p.std(0, ddof=1)
     rng = float(np.percentile(mean, 99.9) - np.percentile(mean, 0.1)) or 1.0
-    return {"mean": mean, "std": std, "score": float(std.mean() / rng)}
+    return {"mean": mean, "std": std, "range": rng, "score": float(std.mean() / rng)}
 
 
 def refocus_reliability(models: Sequence[torch.nn.Module], image, dz_um: float, input_plane_um: float,
@@ -97,7 +113,6 @@ def refocus_reliability(models: Sequence[torch.nn.Module], image, dz_um: float, 
     flagged here (the warning is recorded, not raised): out-of-range inputs are what this function is for.
     """
     import warnings
-    from refocuslib import metrics
     from refocuslib.datasets.deepz import normalize
     from refocuslib.inference import refocus
     img = normalize(as_image_array(image, "image", ndim=2))
@@ -114,7 +129,7 @@ def refocus_reliability(models: Sequence[torch.nn.Module], image, dz_um: float, 
         t = as_image_array(truth, "truth", ndim=2).astype(np.float64)
         if t.shape != img.shape:
             raise ValueError(f"truth: shape {t.shape} must match the image's {img.shape}")
-        err = metrics.rmse(dis["mean"], t) / (float(t.max() - t.min()) or 1.0)
+        err = _error_nrmse(dis["mean"], t)
     from refocuslib.dpm import DPMRangeWarning
     out_of_range = any(issubclass(w.category, DPMRangeWarning) for w in caught)
     return {"mean": dis["mean"], "std": dis["std"], "disagreement": dis["score"], "consistency": cons,
@@ -132,7 +147,6 @@ def volume_reliability(models: Sequence[torch.nn.Module], images, z_inputs_um, z
     volume), ``'disagreement_per_plane'`` (Z,), ``'data_consistency_nrmse'``, ``'error_nrmse'`` (RMSE of the
     mean against ``truth`` (Z, H, W) / truth's range; NaN without truth)}``.
     """
-    from refocuslib import metrics
     from refocuslib.tasks.recurrent_mz import recurrent_mz_volume
     if len(models) < 2:
         raise ValueError(f"models: an ensemble needs at least 2 models, got {len(models)}")
@@ -142,21 +156,18 @@ def volume_reliability(models: Sequence[torch.nn.Module], images, z_inputs_um, z
     preds = np.stack([recurrent_mz_volume(m, imgs, zi, zo) for m in models])
     dis = ensemble_disagreement(preds)
     mean = dis["mean"]
-    rng = float(np.percentile(mean, 99.9) - np.percentile(mean, 0.1)) or 1.0
-    per_plane = dis["std"].mean(axis=(1, 2)) / rng
+    per_plane = dis["std"].mean(axis=(1, 2)) / dis["range"]
     errs = []
     for img, z in zip(imgs, zi):
         k = int(np.argmin(np.abs(zo - z)))
         if abs(zo[k] - z) > 1e-6:
             continue  # this input plane is not among the outputs
-        design = np.stack([mean[k].ravel(), np.ones(mean[k].size)], 1)
-        coef, *_ = np.linalg.lstsq(design, img.ravel().astype(np.float64), rcond=None)
-        errs.append(np.linalg.norm(design @ coef - img.ravel()) / (np.linalg.norm(img - img.mean()) + 1e-12))
+        errs.append(_affine_residual(mean[k], img)[3])
     err = float("nan")
     if truth is not None:
         t = as_image_array(truth, "truth", ndim=3).astype(np.float64)
         if t.shape != mean.shape:
             raise ValueError(f"truth: shape {t.shape} must match the output volume's {mean.shape}")
-        err = metrics.rmse(mean, t) / (float(t.max() - t.min()) or 1.0)
+        err = _error_nrmse(mean, t)
     return {"mean": mean, "std": dis["std"], "disagreement": dis["score"], "disagreement_per_plane": per_plane,
             "data_consistency_nrmse": float(np.mean(errs)) if errs else float("nan"), "error_nrmse": float(err)}
