@@ -57,7 +57,7 @@ bead_z_half_range_um = 5.0
 bead_photons = 3000.0
 background_photons = 10.0
 widget_pixels = 48
-shared_data_dir = None  # None: <repo>/../shared/data
+data_dir = "data/deepstorm3d"  # the DeepSTORM3D release's masks, shipped with their source and licence
 tetrapod_pupil_radius_px = 48.3  # printed mask, in mask pixels (data README: f NA / M / p)
 use_shipped_checkpoints = True  # every notebook takes it; this one trains nothing
 
@@ -68,14 +68,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from refocuslib import dpm, imaging, metrics, optics, samples, widgets
-from refocuslib.reproduce import default_shared_data_dir, start_notebook
+from refocuslib.notebook import start_notebook
+from refocuslib.provenance import repo_root
 
 rng = np.random.default_rng(seed)
 params = dict(n_pixels=n_pixels, n_pixels_oil=n_pixels_oil, n_pixels_tetrapod=n_pixels_tetrapod,
               z_step_um=z_step_um, z_half_range_um=z_half_range_um, n_montage=n_montage, bead_fov_px=bead_fov_px,
               n_beads=n_beads, bead_z_step_um=bead_z_step_um, bead_z_half_range_um=bead_z_half_range_um,
               bead_photons=bead_photons, background_photons=background_photons, widget_pixels=widget_pixels,
-              shared_data_dir=shared_data_dir, tetrapod_pupil_radius_px=tetrapod_pupil_radius_px)
+              data_dir=data_dir, tetrapod_pupil_radius_px=tetrapod_pupil_radius_px)
 rec, device = start_notebook(results_dir, profile, seed, device=device,
                              use_shipped_checkpoints=use_shipped_checkpoints, **params)
 rec
@@ -313,14 +314,14 @@ print(f"{len(bead_lat)} beads: lateral FWHM median {np.median(bead_lat):.3f} µm
 # DeepSTORM3D's public release ships the phase of the fused-silica Tetrapod mask used for its STORM data
 # (`mask_tetrapod_printed.mat`, 203×203 phase in rad, MIT licence; Nehme et al. 2020). In the 4f relay
 # (f = 10 cm, 30 µm mask pixels, 100×/1.45) the pupil radius is f·NA/M / p ≈ 48 mask pixels
-# (`shared/data/README.md`). `optics.ArrayMask` resamples it onto the simulator's pupil; its PSF through depth
+# (`data/deepstorm3d/README.md`). `optics.ArrayMask` resamples it onto the simulator's pupil; its PSF through depth
 # is compared with the released Tetrapod mask model (its exact Zernike expansion, `optics.TETRAPOD_ZERNIKE_RAD`).
 
 # %%
-data_dir = Path(shared_data_dir) if shared_data_dir else default_shared_data_dir()
-mask_file = data_dir / "deepstorm3d" / "masks" / "mask_tetrapod_printed.mat"
+mask_file = (Path(data_dir) if Path(data_dir).is_absolute() else repo_root() / data_dir) / "masks" / \
+    "mask_tetrapod_printed.mat"
 if not mask_file.is_file():
-    print(f"skipped: {mask_file} not found (set shared_data_dir to the folder holding deepstorm3d/)")
+    print(f"skipped: {mask_file} not found (set data_dir to the folder holding masks/)")
 else:
     import scipy.io
 

@@ -31,8 +31,8 @@
 # that on held-out simulated samples, together with the true error against the simulated ground truth, and end
 # with a method table of measured inference times on this machine.
 #
-# **Models.** Deep-Z: the CI recipe of notebook 01 (seed 0 is notebook 01's cached model) plus members trained
-# with other seeds. Recurrent-MZ: the nuclei recipe of notebook 20 (seed 0 shared) plus other seeds. At CI scale
+# **Models.** Deep-Z: three members of one recipe (notebook 01's data and network, 2000 steps each) differing only
+# in the seed, shipped in `data/checkpoints/`. Recurrent-MZ: the nuclei recipe of notebook 20 (seed 0 shared) plus other seeds. At CI scale
 # the networks are small and briefly trained; the `full` profile uses paper-scale settings.
 
 # %% tags=["parameters"]
@@ -41,14 +41,7 @@ results_dir = "results/ci/50_reliability"
 seed = 0
 device = "cpu"
 threads = 2
-deepz_model_name = "deepz_ci"  # shared with notebooks 01/02 (same recipe, same cache)
-deepz_model = {
-    "data": {"microscope": "DEEPZ_20X", "z_half_range_um": 3.0, "z_step_um": 0.5, "field_px": 128,
-             "crop_px": 48, "n_samples": 16, "sample": "beads", "nonuniform_fraction": 0.3},
-    "width": 0.25, "levels": 4, "disc_blocks": 4, "batch_size": 8, "n_val": 32,
-    "steps": 450, "lr_g": 3e-3, "lr_d": 3e-5, "d_every": 2, "val_every": 75, "ckpt_every": 75,
-}
-ensemble_seeds = [0, 1, 2]  # one network per seed (weights and training data)
+deepz_ensemble_recipes = ["deepz_ens_s0", "deepz_ens_s1", "deepz_ens_s2"]  # refocuslib/recipes.yaml, one per seed
 eval_fov_px = 96
 n_fields = 2  # held-out fields per condition
 in_range_planes_um = [-2.0, 2.0]  # input focal planes inside the trained ±3 µm (refocused back to the sample)
@@ -65,7 +58,7 @@ rmz_setup = {  # notebook 20's setup (only its Recurrent-MZ recipe is used; seed
 }
 rmz_n_test = 2
 timing_size_px = 256  # image side for the inference-time table
-use_shipped_checkpoints = True  # start from data/checkpoints when it holds this exact recipe (CI trains)
+use_shipped_checkpoints = True  # evaluate the shipped models of exactly these recipes (False: train them here)
 
 # %%
 import dataclasses
@@ -74,38 +67,36 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from refocuslib import bench, reliability
+from refocuslib import bench, recipes, reliability
 from refocuslib.datasets import deepz as dzdata
 from refocuslib.datasets.recurrent_mz import VolumeSpec, simulate_volumes
-from refocuslib.reproduce import start_notebook
+from refocuslib.notebook import start_notebook
 from refocuslib.tasks import recurrent_mz as rmz
-from refocuslib.tasks.deepz import train_from_spec
 from refocuslib.train import checkpoints_root
 
 t_start = time.time()
 rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
                              use_shipped_checkpoints=use_shipped_checkpoints,
-                             deepz_model=deepz_model, ensemble_seeds=ensemble_seeds, eval_fov_px=eval_fov_px,
+                             deepz_ensemble_recipes=deepz_ensemble_recipes, ensemble_seeds=ensemble_seeds, eval_fov_px=eval_fov_px,
                              n_fields=n_fields, in_range_planes_um=in_range_planes_um,
                              beyond_range_planes_um=beyond_range_planes_um, unseen_kind=unseen_kind,
                              low_snr_factor=low_snr_factor, rmz_setup=rmz_setup, rmz_n_test=rmz_n_test)
 
 # %% [markdown]
 # ## 1 · The Deep-Z ensemble
-# Each member is trained by the shared loop with its own seed (weights and training samples) and cached under
-# `results/<profile>/checkpoints/`; seed 0 is notebook 01's model.
+# Each member is a recipe of its own seed (weights and training samples), shipped in `data/checkpoints/`.
 
 # %%
 t0 = time.time()
 members = []
-for s in ensemble_seeds:
-    task, res = train_from_spec(deepz_model, results_dir, deepz_model_name, seed=int(s), device=device,
-                                progress=False)
+for name in deepz_ensemble_recipes:
+    task, res = recipes.train_cached(name, results_dir, device=device, progress=False,
+                                     use_shipped=use_shipped_checkpoints)
     members.append(task.generator.to("cpu").eval())
-    best = min((v for v in res.validation if v["step"] > 0), key=lambda v: v["val_mae"])
-    print(f"seed {s}: best validation MAE {best['val_mae']:.4f} (input {best['val_mae_input']:.4f}), "
-          f"{'loaded' if res.resumed_from == deepz_model['steps'] else 'trained'}")
-    rec.number(f"deepz_val_mae_seed{s}", best["val_mae"])
+    best = min((v for v in res.validation if v["step"] > 0), key=lambda v: v["val_loss"])
+    print(f"{name} (seed {task.recipe['seed']}): best validation NRMSE {best['val_loss']:.4f} "
+          f"(input {best['val_nrmse_input']:.4f})")
+    rec.number(f"deepz_val_nrmse_{name}", best["val_loss"])
 trained_range = task.trained_range_um
 rec.number("deepz_ensemble_seconds", time.time() - t0, "s")
 print(f"trained range {trained_range} µm; ensemble ready in {time.time() - t0:.1f} s")
@@ -135,8 +126,8 @@ for name, (cfg, kind, planes) in conditions.items():
     scores = {"error_nrmse": [], "consistency_nrmse": [], "disagreement": []}
     for f in range(n_fields):
         sc = dzdata.scan(cfg, dzdata.thin_sample(rng, cfg, kind, 0.0), seed=seed + 6000 + f, psf_stacks=psfs)
-        truth = sc.target_clean[sc.plane(0.0)]
         for f_in in planes:
+            truth = sc.truth_for(sc.plane(f_in), [sc.plane(0.0)])[0]  # in the input's units, as the output
             r = reliability.refocus_reliability(members, sc.input[sc.plane(f_in)], -f_in, f_in, optics_in,
                                                 truth=truth, trained_range_um=trained_range)
             scores["error_nrmse"].append(r["error_nrmse"])

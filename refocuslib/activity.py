@@ -24,10 +24,9 @@ Evaluation against a simulated truth: :func:`detection_recall` (Hungarian matchi
 :func:`refocuslib.localize.match_points`, µm → nm), :func:`cluster_ari` (adjusted Rand index) and both at once
 for a pipeline result, :func:`compare_with_truth`.
 
-Eq. 14 compares the *shapes* of the traces: each ΔF_i is normalised to zero mean and unit standard deviation
-and d_ij² = ‖ΔF_i − ΔF_j‖²/T (= 2·(1 − Pearson r_ij)), so that σ = 1.5 has a fixed meaning whatever the
-brightness of the neurons: S = 1 for identical shapes, exp(−2/σ²) = 0.41 for uncorrelated and
-exp(−4/σ²) = 0.17 for anti-correlated traces. (The paper gives σ but not its normalisation of ΔF.)
+Eq. 14 is implemented as printed: the relative changes ΔF_i/F_i0 are compared, d_ij² = ‖ΔF_i/F_i0 − ΔF_j/F_j0‖²
+summed over time, S = exp(−d²/σ²) with σ = 1.5. A shape-only variant (each ΔF z-scored, d² divided by T) is
+kept as an option (``similarity='zscore'``), never as the default.
 """
 from __future__ import annotations
 
@@ -277,17 +276,35 @@ def select_active(dF, n_active: Optional[int] = None, threshold: Optional[float]
 
 
 # ----------------------------------------------------------------------------------------- spectral clustering
-def similarity_matrix(dF, sigma: float = 1.5, normalize: bool = True) -> np.ndarray:
-    """Deep-Z Eq. 14: S_ij = exp(−d_ij²/σ²), d_ij² = ‖ΔF_i − ΔF_j‖²/T, with each trace first normalised to
-    zero mean and unit standard deviation (``normalize``; see the module docstring). Diagonal 1."""
+#: variants of :func:`similarity_matrix`: the paper's Eq. 14 as printed, and a shape-only option.
+SIMILARITY_VARIANTS = ("printed", "zscore")
+
+
+def similarity_matrix(dF, F0=None, sigma: float = 1.5, variant: str = "printed") -> np.ndarray:
+    """Deep-Z Eq. 14 as printed: S_ij = exp(−‖ΔF_i/F_i0 − ΔF_j/F_j0‖² / σ²), σ = 1.5, the norm taken over time
+    (``F0`` (N,) the time averages of :func:`delta_f`). Diagonal 1.
+
+    ``variant='zscore'`` (an option beside the printed formula, not the paper's): each ΔF_i normalised to zero mean
+    and unit standard deviation and d_ij² = ‖ΔF_i − ΔF_j‖²/T = 2·(1 − Pearson r_ij), which compares trace shapes
+    only (S = exp(−2/σ²) for uncorrelated, exp(−4/σ²) for anti-correlated traces)."""
     from scipy.spatial.distance import cdist
     x = as_image_array(dF, "dF", ndim=2).astype(np.float64)
     sig = positive(sigma, "sigma")
-    if normalize:
+    if variant == "printed":
+        if F0 is None:
+            raise ValueError("F0: Eq. 14 divides each ΔF_i by its baseline F_i0; pass the F0 of delta_f")
+        f0 = np.asarray(F0, dtype=np.float64).reshape(-1)
+        if f0.shape != (x.shape[0],) or not np.all(np.isfinite(f0)) or np.any(f0 <= 0):
+            raise ValueError(f"F0: expected {x.shape[0]} finite baselines > 0 (one per trace), got shape {f0.shape}")
+        x = x / f0[:, None]
+        d2 = cdist(x, x, "sqeuclidean")
+    elif variant == "zscore":
         x = x - x.mean(axis=1, keepdims=True)
         sd = x.std(axis=1, keepdims=True)
         x = np.divide(x, sd, out=np.zeros_like(x), where=sd > 0)
-    d2 = cdist(x, x, "sqeuclidean") / x.shape[1]
+        d2 = cdist(x, x, "sqeuclidean") / x.shape[1]
+    else:
+        raise ValueError(f"variant: one of {SIMILARITY_VARIANTS}, got {variant!r}")
     return np.exp(-d2 / sig ** 2)
 
 
@@ -489,7 +506,7 @@ def compare_with_truth(result: ActivityResult, truth_um, truth_groups, z0_um: fl
 
 def analyze_activity(nuclear, calcium, voxel_um, n_brightest: int = 100, n_active: Optional[int] = None,
                      sigma: float = 1.5, k: Optional[int] = None, k_max: int = 10, seed: int = 0,
-                     baseline: str = "mean", **segment_kwargs) -> ActivityResult:
+                     baseline: str = "mean", similarity: str = "printed", **segment_kwargs) -> ActivityResult:
     """Deep-Z Fig. 3 analysis of registered videos ``nuclear`` and ``calcium`` ((T, Z, H, W) refocused stacks
     or (T, H, W) single planes): median projection of the nuclear channel → :func:`segment_neurons` →
     :func:`neuron_traces` of the calcium channel → :func:`delta_f` → :func:`select_active` →
@@ -505,6 +522,6 @@ def analyze_activity(nuclear, calcium, voxel_um, n_brightest: int = 100, n_activ
     F = neuron_traces(cal, seg.labels, n_brightest)
     dF, F0 = delta_f(F, baseline)
     active = select_active(dF, n_active=n_active) if len(dF) else np.zeros(0, int)
-    S = similarity_matrix(dF[active], sigma) if len(active) else np.zeros((0, 0))
+    S = similarity_matrix(dF[active], F0[active], sigma, variant=similarity) if len(active) else np.zeros((0, 0))
     clus = spectral_clustering(S, k=k, k_max=k_max, seed=seed) if len(active) >= 3 else None
     return ActivityResult(seg, F, dF, F0, active, S, clus)

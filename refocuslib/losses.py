@@ -124,10 +124,3 @@ def dice_loss(pred: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
     dims = tuple(range(1, pred.ndim))
     inter = (pred * target).sum(dims)
     return (1 - (2 * inter + eps) / (pred.sum(dims) + target.sum(dims) + eps)).mean()
-
-
-def heatmap_matching_loss(pred: Tensor, target: Tensor, sigma_vox: float = 1.0, dice_weight: float = 1.0) -> Tensor:
-    """DeepSTORM3D loss: MSE between Gaussian-blurred predicted and true occupancy grids + Dice overlap term."""
-    blurred = gaussian_blur_3d(pred, sigma_vox)
-    blurred_t = gaussian_blur_3d(target, sigma_vox)
-    return F.mse_loss(blurred, blurred_t) + dice_weight * dice_loss(pred, target)

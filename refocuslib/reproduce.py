@@ -1,10 +1,10 @@
 """Run the notebooks by profile and assemble the reproduction report.
 
-Two halves (DESIGN.md "Data flow of one experiment"):
+Two halves (docs/DESIGN.md "Profiles and the data flow of one experiment"):
 
-* :class:`Recorder` — used *inside* a notebook so the notebook holds no logic: it saves figures (PNG), numbers
-  and "paper versus ours" claims with provenance (seed, profile, parameters, library version, git commit) as
-  ``<results_dir>/results.json``.
+* :class:`refocuslib.notebook.Recorder` — used *inside* a notebook so the notebook holds no logic: it saves
+  figures (PNG), numbers and "paper versus ours" claims with provenance (seed, profile, parameters, library
+  version, git commit) as ``<results_dir>/results.json``.
 * :func:`run_notebooks` — executes every ``notebooks/NN_*.py`` (py:percent, read with jupytext) through the
   papermill Python API with the parameters of ``notebooks/params/<profile>.yaml``, writes the executed
   notebook and a code-free HTML export to ``results/<profile>/<stem>/``, then ``summary.json`` and a
@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime as _dt
 import html
 import json
-import math
-import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,213 +38,17 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-__all__ = ["Recorder", "run_notebooks", "find_notebooks", "load_params", "notebook_parameters", "write_report",
-           "repo_root", "default_shared_data_dir", "git_commit", "provenance", "main"]
+__all__ = ["run_notebooks", "find_notebooks", "load_params", "notebook_parameters", "write_report",
+           "train_all_recipes", "source_digest", "claims_markdown", "main"]
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.py$")
-FIGURE_DPI = 110
 
 
-# ----------------------------------------------------------------------------------------------- provenance
-def repo_root() -> Path:
-    """The repository holding this package (the parent of the ``refocuslib`` folder)."""
-    return Path(__file__).resolve().parent.parent
-
-
-def default_shared_data_dir() -> Path:
-    """``<repo>/../shared/data``: the real data shared beside the repository (may not exist)."""
-    return repo_root().parent / "shared" / "data"
-
-
-def git_commit(cwd: Optional[os.PathLike] = None) -> str:
-    """``git rev-parse HEAD`` of the repository, or ``'unknown'`` (no git, not a checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(cwd or repo_root()), capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else "unknown"
-
-
-def _library_version() -> str:
-    try:
-        from refocuslib import __version__
-        return str(__version__)
-    except Exception:  # pragma: no cover - partially installed package
-        return "unknown"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def provenance() -> Dict[str, Any]:
-    """Library version, git commit, Python/torch/numpy versions, platform and the current time."""
-    info: Dict[str, Any] = {
-        "library_version": _library_version(),
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.node(),
-        "time": _now(),
-    }
-    for mod in ("torch", "numpy"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:
-            info[mod] = "not installed"
-    return info
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert numpy/torch scalars and arrays, paths, tuples and sets to plain JSON types (NaN → None)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
-        value = value.detach().cpu().numpy()
-    try:
-        import numpy as np
-        if isinstance(value, np.bool_):
-            return bool(value)
-        if isinstance(value, np.integer):
-            return int(value)
-        if isinstance(value, np.floating):
-            return _jsonable(float(value))
-        if isinstance(value, np.ndarray):
-            return _jsonable(value.tolist())
-    except ImportError:  # pragma: no cover
-        pass
-    return str(value)
+from refocuslib.notebook import FIGURE_DPI, Recorder, start_notebook  # noqa: F401  (the report reads notebooks' results)
+from refocuslib.provenance import _jsonable, _now, git_commit, provenance, repo_root  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------- recorder
-class Recorder:
-    """Collects a notebook's figures, numbers and claims into ``<results_dir>/results.json``.
-
-    ``rec = Recorder(results_dir, profile='ci', seed=0, params={...})``, then
-
-    * ``rec.figure(fig, name, caption='')`` saves ``<name>.png`` (dpi 110) and remembers the caption (the
-      figure stays open so the notebook still shows it),
-    * ``rec.number(key, value, unit='')`` records a measured number,
-    * ``rec.claim(claim, paper_figure, paper_value, ours, holds, note='')`` records one row of the "paper versus
-      ours" table (``holds``: True/False, or None when not decidable at this profile),
-    * ``rec.save()`` writes ``results.json`` (also written after every record, so a failing notebook keeps
-      what it had).
-
-    Numpy scalars are converted to float for JSON.
-    """
-
-    def __init__(self, results_dir, profile: str = "ci", seed: Optional[int] = None,
-                 params: Optional[Dict[str, Any]] = None, autosave: bool = True):
-        self.results_dir = Path(results_dir)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        self.profile = str(profile)
-        self.seed = seed
-        self.params = dict(params or {})
-        self.autosave = autosave
-        self.numbers: Dict[str, Dict[str, Any]] = {}
-        self.claims: List[Dict[str, Any]] = []
-        self.figures: List[Dict[str, str]] = []
-        self._started = _now()
-        self._provenance = provenance()
-
-    @property
-    def path(self) -> Path:
-        """``<results_dir>/results.json``."""
-        return self.results_dir / "results.json"
-
-    def figure(self, fig, name: str, caption: str = "") -> Path:
-        """Save a matplotlib figure as ``<name>.png`` (dpi 110) and remember its caption; returns the path."""
-        name = str(name)
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-            raise ValueError(f"name: use letters, digits, '_', '-', '.', got {name!r}")
-        stem = name[:-4] if name.lower().endswith(".png") else name
-        path = self.results_dir / f"{stem}.png"
-        fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
-        self.figures = [f for f in self.figures if f["file"] != path.name]
-        self.figures.append({"file": path.name, "name": stem, "caption": str(caption)})
-        self._autosave()
-        return path
-
-    def number(self, key: str, value, unit: str = "") -> float:
-        """Record a number (converted to a plain float/int/bool) under ``key``; returns the converted value."""
-        v = _jsonable(value)
-        if isinstance(v, list) and len(v) == 1:
-            v = v[0]
-        self.numbers[str(key)] = {"value": v, "unit": str(unit)}
-        self._autosave()
-        return v
-
-    def claim(self, claim: str, paper_figure: str, paper_value, ours, holds: Optional[bool], note: str = ""):
-        """Record one "paper versus ours" row: what the paper shows, where, its value, ours, and whether the
-        claim (its direction) holds in our reproduction (None: not decidable at this profile)."""
-        self.claims.append({
-            "claim": str(claim), "paper_figure": str(paper_figure), "paper_value": _jsonable(paper_value),
-            "ours": _jsonable(ours), "holds": None if holds is None else bool(holds), "note": str(note)})
-        self._autosave()
-        return self.claims[-1]
-
-    def as_dict(self) -> Dict[str, Any]:
-        prov = dict(self._provenance)
-        prov.update({"seed": _jsonable(self.seed), "profile": self.profile, "params": _jsonable(self.params),
-                     "started": self._started, "time": _now()})
-        return {"numbers": self.numbers, "claims": self.claims, "figures": self.figures, "provenance": prov}
-
-    def save(self) -> Path:
-        """Write ``results.json`` (atomically) and return its path."""
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=2, ensure_ascii=False))
-        os.replace(tmp, self.path)
-        return self.path
-
-    def _autosave(self):
-        if self.autosave:
-            self.save()
-
-    def __repr__(self):
-        return (f"Recorder({str(self.results_dir)!r}, profile={self.profile!r}, {len(self.figures)} figures, "
-                f"{len(self.numbers)} numbers, {len(self.claims)} claims)")
-
-
-# ----------------------------------------------------------------------------------------- parameters, files
-def start_notebook(results_dir, profile: str = "ci", seed: int = 0, device: str = "cpu",
-                   threads: Optional[int] = None, use_shipped_checkpoints: bool = False,
-                   **params: Any) -> "tuple[Recorder, str]":
-    """The first code cell of every notebook: ``torch`` CPU threads (``threads``), seeds ``torch`` with ``seed``,
-    falls back to the CPU (and says so) when ``device`` is CUDA but none is available, switches shipped
-    checkpoints on or off (:func:`refocuslib.train.use_shipped_checkpoints`) and opens the :class:`Recorder`
-    with the notebook's parameters (``device``, ``threads`` and ``**params``) as provenance.
-    Returns ``(recorder, device)``."""
-    import torch
-    from refocuslib.train import use_shipped_checkpoints as _use_shipped
-    if threads is not None:
-        if isinstance(threads, bool) or int(threads) != threads or threads < 1:
-            raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
-        torch.set_num_threads(int(threads))
-    if not isinstance(device, str) or not device:
-        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"device {device!r} is not available here; using the CPU")
-        device = "cpu"
-    _use_shipped(bool(use_shipped_checkpoints))
-    torch.manual_seed(int(seed))
-    rec = Recorder(results_dir, profile=profile, seed=seed,
-                   params={"device": device, "threads": threads, "use_shipped_checkpoints": bool(use_shipped_checkpoints),
-                           **params})
-    return rec, device
-
-
 def default_notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
@@ -275,7 +74,56 @@ def load_params(profile: str, params_dir=None) -> Dict[str, Any]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with 'defaults:' and one section per notebook")
+    parent = data.pop("inherit", None)
+    if parent is not None:  # e.g. retrain.yaml: the ci sizes, but every model trained from scratch
+        if parent == profile:
+            raise ValueError(f"{path}: 'inherit' names the profile itself")
+        base = load_params(parent, pdir)
+        for key, section in data.items():
+            base[key] = {**(base.get(key) or {}), **(section or {})}
+        data = base
     return data
+
+
+#: profiles whose notebooks evaluate models trained from scratch in this run: every recipe of
+#: refocuslib/recipes.yaml is trained first (hours on a CPU), exactly as shipped.
+TRAINING_PROFILES = ("retrain",)
+
+
+def train_all_recipes(profile_root, names: Optional[Sequence[str]] = None, device: str = "cpu",
+                      log=print) -> List[Dict[str, Any]]:
+    """Train every recipe of the registry (or ``names``) from scratch into ``<profile_root>/checkpoints/`` —
+    where the profile's notebooks then find them — resuming any that stopped. Returns one record per recipe
+    (name, digest, steps, best validation, seconds)."""
+    from refocuslib import recipes
+    from refocuslib.train import fit
+    rows = []
+    for name in (names or recipes.shipped_names()):
+        rec = recipes.recipe(name)
+        out = Path(profile_root) / "checkpoints" / recipes.run_name(rec)
+        mins = recipes.expected_minutes(rec)
+        log(f"[retrain] {name}: training from scratch into {out}" + (f" (≈ {mins:g} CPU-minutes)" if mins else ""),
+            flush=True)
+        t0 = time.perf_counter()
+        res = fit(recipes.build(rec), recipes.train_config(rec, out, device=device, progress=True, use_shipped=False))
+        rows.append({"recipe": name, "digest": recipes.digest(rec), "steps": res.last_step, "best_step": res.best_step,
+                     "best_val_loss": res.best_val_loss, "seconds": round(time.perf_counter() - t0, 1)})
+    return rows
+
+
+def source_digest(root=None) -> str:
+    """SHA-256 over the library, notebooks, parameter profiles, recipes and shipped-model provenance: two runs
+    with the same digest ran the same code on the same shipped models (the test suite reuses the main job's
+    run when it matches instead of running every notebook again)."""
+    import hashlib
+    root = Path(root) if root else repo_root()
+    h = hashlib.sha256()
+    files = sorted([*root.glob("refocuslib/**/*.py"), *root.glob("refocuslib/*.yaml"), *root.glob("notebooks/*.py"),
+                    *root.glob("notebooks/params/*.yaml"), *root.glob("data/checkpoints/*.sha256")])
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def notebook_parameters(profile: str, stem: str, results_dir, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -391,8 +239,11 @@ def run_notebooks(profile: str = "ci", names: Optional[Sequence[str]] = None, re
         "params_file": str(pdir / f"{profile}.yaml"), "requested": list(names) if names else None,
         "notebooks": [],
     }
+    summary["source_digest"] = source_digest()
     out_root = results_root / profile
     out_root.mkdir(parents=True, exist_ok=True)
+    if profile in TRAINING_PROFILES:
+        summary["trained"] = train_all_recipes(out_root, log=log)
     # papermill's kernel must find the package and the repository exactly as a user's Jupyter would
     cwd = repo_root() if notebooks_dir is None else nb_dir.resolve().parent
     t0 = time.perf_counter()
@@ -401,6 +252,7 @@ def run_notebooks(profile: str = "ci", names: Optional[Sequence[str]] = None, re
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     summary["finished"] = _now()
     summary["n_failed"] = sum(r["status"] != "ok" for r in summary["notebooks"])
+    summary.update(claim_counts(summary))
     summary["ok"] = bool(paths) and summary["n_failed"] == 0
     if not paths:
         summary["error"] = f"no notebook matched {list(names) if names else 'NN_*.py'} in {nb_dir}"
@@ -418,7 +270,7 @@ color:#222;line-height:1.4}
 h1{margin-bottom:.2em} .meta{color:#555;font-size:.9em}
 table{border-collapse:collapse;margin:1em 0;width:100%;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.35em .6em;text-align:left;vertical-align:top}
-th{background:#f2f2f2} .ok{color:#1a7f37;font-weight:bold} .failed{color:#cf222e;font-weight:bold}
+th{background:#f2f2f2} .ok{color:#1a7f37;font-weight:bold} .failed{color:#cf222e;font-weight:bold} .claims-fail{color:#9a6700;font-weight:bold}
 .yes{color:#1a7f37;font-weight:bold;text-align:center} .no{color:#cf222e;font-weight:bold;text-align:center}
 .na{color:#888;text-align:center}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{color:#444;font-size:.9em}
@@ -444,6 +296,21 @@ def _img_tag(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def claim_counts(summary: Dict[str, Any]) -> Dict[str, int]:
+    """``n_claims``, ``n_hold``, ``n_fail``, ``n_undecided`` (not enough data / not decidable) over all notebooks."""
+    claims = [c for r in summary.get("notebooks", []) for c in r.get("claims", [])]
+    return {"n_claims": len(claims), "n_hold": sum(c.get("holds") is True for c in claims),
+            "n_fail": sum(c.get("holds") is False for c in claims),
+            "n_undecided": sum(c.get("holds") is None for c in claims)}
+
+
+def notebook_state(record: Dict[str, Any]) -> str:
+    """'ok' (ran, every claim holds), 'claims-fail' (ran, some claim fails or lacks data), or the run status."""
+    if record.get("status") != "ok":
+        return str(record.get("status"))
+    return "ok" if all(c.get("holds") is True for c in record.get("claims", [])) else "claims-fail"
+
+
 def write_report(summary: Dict[str, Any], path) -> Path:
     """One self-contained HTML page: header, the "paper versus ours" table, then per notebook its status,
     time, numbers, figures (PNG embedded as base64) and a link to its code-free HTML export."""
@@ -460,7 +327,9 @@ def write_report(summary: Dict[str, Any], path) -> Path:
            f"{e(str(summary.get('python')))} · torch {e(str(summary.get('torch')))}</p>"]
     nbs = summary.get("notebooks", [])
     n_ok = sum(r["status"] == "ok" for r in nbs)
-    out.append(f"<p><b>{n_ok} of {len(nbs)} notebooks ran.</b></p>")
+    cc = claim_counts(summary)
+    out.append(f"<p class='headline'><b>{cc['n_hold']} of {cc['n_claims']} claims hold</b> ({cc['n_fail']} fail, "
+               f"{cc['n_undecided']} without enough data or undecided) · {n_ok} of {len(nbs)} notebooks ran.</p>")
     if summary.get("error"):
         out.append(f"<pre class='err'>{e(summary['error'])}</pre>")
 
@@ -471,8 +340,11 @@ def write_report(summary: Dict[str, Any], path) -> Path:
         for c in r.get("claims", []):
             n_claims += 1
             holds = c.get("holds")
-            cell = ("<td class='yes'>✓</td>" if holds else "<td class='no'>✗</td>") if holds is not None \
-                else "<td class='na'>–</td>"
+            status = c.get("status") or ("not decided" if holds is None else ("holds" if holds else "fails"))
+            items = (f"<br><small>{c['n_items']} items (min {c['min_items']})</small>"
+                     if c.get("n_items") is not None else "")
+            cell = (("<td class='yes'>✓" if holds else "<td class='no'>✗") if holds is not None
+                    else f"<td class='na'>– {e(status)}") + items + "</td>"
             note = f"<br><small>{e(c['note'])}</small>" if c.get("note") else ""
             out.append(f"<tr><td><a href='#{e(r['name'])}'>{e(r['name'])}</a></td><td>{e(str(c.get('claim')))}"
                        f"{note}</td><td>{e(str(c.get('paper_figure')))}</td><td>{e(_fmt(c.get('paper_value')))}</td>"
@@ -487,9 +359,10 @@ def write_report(summary: Dict[str, Any], path) -> Path:
         cl = r.get("claims", [])
         held = sum(c.get("holds") is True for c in cl)
         decided = sum(c.get("holds") is not None for c in cl)
-        out.append(f"<tr><td><a href='#{e(r['name'])}'>{e(r['name'])}</a></td><td class='{e(r['status'])}'>"
-                   f"{e(r['status'])}</td><td>{r['seconds']:.1f}</td><td>{len(r.get('figures', []))}</td>"
-                   f"<td>{held}/{decided}</td></tr>")
+        state = notebook_state(r)
+        out.append(f"<tr><td><a href='#{e(r['name'])}'>{e(r['name'])}</a></td><td class='{e(state)}'>"
+                   f"{e(state)}</td><td>{r['seconds']:.1f}</td><td>{len(r.get('figures', []))}</td>"
+                   f"<td>{held} of {len(cl)} ({decided} decided)</td></tr>")
     out.append("</table>")
 
     for r in nbs:
@@ -541,29 +414,45 @@ def _holds(value) -> str:
     return {True: "✓", False: "✗"}.get(value, "–")
 
 
-def claims_markdown(ci: Optional[Dict[str, Any]], full: Optional[Dict[str, Any]] = None) -> str:
-    """Markdown table of every notebook claim: the paper's value beside ours at CI and full scale, and whether
-    the claim's direction holds in each run (values come from run summaries, never typed)."""
-    ci_rows, full_rows = _claim_rows(ci), _claim_rows(full)
-    keys = list(dict.fromkeys(list(ci_rows) + list(full_rows)))
-    head = ["| notebook | claim | paper figure | paper | ours (CI) | holds (CI) | ours (full) | holds (full) |",
-            "|---|---|---|---|---|---|---|---|"]
-    lines = []
+#: README columns: (profile, heading). ci = the shipped CPU-trained models; retrain = the same recipes trained
+#: from scratch by ``refocuslib reproduce --profile retrain``; full = paper scale on a GPU.
+README_PROFILES = (("ci", "ours (shipped CPU models)"), ("retrain", "ours (retrained from scratch)"),
+                   ("full", "ours (full, GPU)"))
+
+
+def claims_markdown(ci: Optional[Dict[str, Any]], full: Optional[Dict[str, Any]] = None,
+                    retrain: Optional[Dict[str, Any]] = None) -> str:
+    """Markdown table of every notebook claim: the paper's value beside ours with the shipped models (ci), retrained
+    from scratch (retrain) and at paper scale (full), and whether the claim holds in each run (values come from run
+    summaries, never typed). The note under it gives each run's commit and "N of M claims hold"."""
+    runs = {"ci": ci, "retrain": retrain, "full": full}
+    rows = {p: _claim_rows(sm) for p, sm in runs.items()}
+    keys = list(dict.fromkeys(k for p, _ in README_PROFILES for k in rows[p]))
+    head = "| notebook | claim | paper figure | paper | " + " | ".join(f"{h} | holds" for _, h in README_PROFILES) + " |"
+    lines = [head, "|---|---|---|---|" + "---|---|" * len(README_PROFILES)]
+    cell = lambda v: _fmt(v).replace("|", "/").replace("\n", " ")  # noqa: E731
     for key in keys:
-        c, f = ci_rows.get(key), full_rows.get(key)
-        ref = c or f
-        cell = lambda v: _fmt(v).replace("|", "/").replace("\n", " ")  # noqa: E731
-        lines.append(f"| `{key[0]}` | {cell(ref.get('claim'))} | {cell(ref.get('paper_figure'))} | "
-                     f"{cell(ref.get('paper_value'))} | {cell(c.get('ours')) if c else '–'} | "
-                     f"{_holds(c.get('holds')) if c else '–'} | {cell(f.get('ours')) if f else 'not run'} | "
-                     f"{_holds(f.get('holds')) if f else '–'} |")
+        ref = next(rows[p][key] for p, _ in README_PROFILES if key in rows[p])
+        parts = [f"`{key[0]}`", cell(ref.get("claim")), cell(ref.get("paper_figure")), cell(ref.get("paper_value"))]
+        for p, _ in README_PROFILES:
+            c = rows[p].get(key)
+            if c is None:
+                parts += ["not run" if runs[p] is None else "–", "–"]
+            else:
+                status = c.get("status")
+                mark = _holds(c.get("holds")) if c.get("holds") is not None else f"– ({status or 'undecided'})"
+                parts += [cell(c.get("ours")), mark]
+        lines.append("| " + " | ".join(parts) + " |")
     meta = []
-    for name, sm in (("CI", ci), ("full", full)):
+    for p, heading in README_PROFILES:
+        sm = runs[p]
         if sm:
-            meta.append(f"{name}: commit `{str(sm.get('git_commit', '?'))[:10]}`, {sm.get('started', '?')}, "
-                        f"{sm.get('machine', '?')}, torch {sm.get('torch', '?')}, {sm.get('seconds', '?')} s")
+            cc = claim_counts(sm)
+            meta.append(f"{p}: {cc['n_hold']} of {cc['n_claims']} claims hold; commit `{str(sm.get('git_commit', '?'))[:10]}`, "
+                        f"{sm.get('started', '?')}, {sm.get('machine', '?')}, torch {sm.get('torch', '?')}, "
+                        f"{sm.get('seconds', '?')} s")
     note = ("Generated from " + "; ".join(meta) + ".") if meta else "No run summary committed yet."
-    return "\n".join(head + lines) + "\n\n" + note + "\n"
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def update_readme(readme_path, table_markdown: str) -> bool:
@@ -593,7 +482,8 @@ def publish_summary(summary: Dict[str, Any], root=None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_jsonable(summary), indent=2, ensure_ascii=False))
     update_readme(root / "README.md", claims_markdown(load_committed_summary("ci", root),
-                                                      load_committed_summary("full", root)))
+                                                      load_committed_summary("full", root),
+                                                      load_committed_summary("retrain", root)))
     return out
 
 # ------------------------------------------------------------------------------------------ command line

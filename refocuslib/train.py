@@ -54,6 +54,10 @@ class TrainConfig:
     progress: bool = True
     amp_bf16: bool = False
     use_shipped: Optional[bool] = None  # None: the module default set by use_shipped_checkpoints()
+    schedule: str = "constant"          # learning-rate schedule: "constant", "cosine" or "step" (lr_at)
+    warmup_steps: int = 0               # linear warm-up from lr/100 over this many steps
+    min_lr_ratio: float = 0.02          # cosine: final lr = ratio × lr; step: lr × 0.1 at 50 % and 75 %
+    restore_best: bool = True           # at the end, load the best-validation weights into the generator
 
     def __post_init__(self):
         if int(self.steps) < 1:
@@ -65,6 +69,33 @@ class TrainConfig:
         for name in ("d_every", "val_every", "ckpt_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: one of {SCHEDULES}, got {self.schedule!r}")
+        if not (0 <= int(self.warmup_steps) < int(self.steps)):
+            raise ValueError(f"warmup_steps: must be in [0, steps={self.steps}), got {self.warmup_steps!r}")
+        if not (0.0 <= float(self.min_lr_ratio) <= 1.0):
+            raise ValueError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio!r}")
+
+
+#: learning-rate schedules of :func:`lr_factor`.
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def lr_factor(step: int, cfg: "TrainConfig") -> float:
+    """Multiplier of the recipe's learning rates at ``step`` (0-based): linear warm-up from 1 % over
+    ``warmup_steps``, then constant, cosine decay to ``min_lr_ratio`` at ``steps``, or ×0.1 at 50 % and 75 %.
+    :func:`fit` sets every parameter group's lr from it at every step, so a resumed run follows the recipe's
+    schedule, not the learning rate stored with the optimiser state."""
+    step, total, warm = int(step), int(cfg.steps), int(cfg.warmup_steps)
+    if warm and step < warm:
+        return 0.01 + 0.99 * step / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    if cfg.schedule == "cosine":
+        lo = float(cfg.min_lr_ratio)
+        return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0 if t < 0.5 else (0.1 if t < 0.75 else 0.01)
 
 
 class TrainTask(abc.ABC):
@@ -161,14 +192,15 @@ def _dist_info() -> Tuple[int, int]:
     return 0, 1
 
 
-def _state(task: TrainTask, opt_g, opt_d, step: int, best: float, best_step: int, history, validation, cfg):
+def _state(task: TrainTask, opt_g, opt_d, step: int, best: float, best_step: int, history, validation, cfg,
+           train_seconds: float = 0.0):
     return {
         "step": step, "generator": _unwrap(task.generator).state_dict(),
         "discriminator": None if task.discriminator is None else _unwrap(task.discriminator).state_dict(),
         "opt_g": opt_g.state_dict(), "opt_d": None if opt_d is None else opt_d.state_dict(),
         "best_val_loss": best, "best_step": best_step, "history": history, "validation": validation,
         "extra": task.extra_state(), "config": asdict(cfg), "library_version": __version__,
-        "task": type(task).__name__,
+        "task": type(task).__name__, "train_seconds": float(train_seconds),
     }
 
 
@@ -186,14 +218,16 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
     opt_g = torch.optim.Adam(task.generator_param_groups(cfg.lr_g), betas=cfg.betas)
     opt_d = (torch.optim.Adam(task.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas)
              if task.discriminator is not None else None)
+    base_lrs = [[g["lr"] for g in opt.param_groups] if opt is not None else [] for opt in (opt_g, opt_d)]
 
     start, best, best_step, history, validation = 0, math.inf, -1, [], []
-    last_path = out / "last.pt"
+    prior_seconds, t0 = 0.0, time.time()  # wall seconds of training so far (carried across resumes)
     use_shipped = _USE_SHIPPED if cfg.use_shipped is None else cfg.use_shipped
     if use_shipped and cfg.resume and rank == 0 and install_shipped(out):
         print(f"{out.name}: using the shipped checkpoint {SHIPPED_DIR / (out.name + '.pt')} (no training)")
-    if cfg.resume and last_path.exists():
-        ck = load_checkpoint(last_path, map_location=device)
+    ck = _load_resume_checkpoint(out) if cfg.resume else None
+    if ck is not None:
+        _check_same_recipe(task, ck, out)
         _unwrap(task.generator).load_state_dict(ck["generator"])
         if task.discriminator is not None and ck.get("discriminator") is not None:
             _unwrap(task.discriminator).load_state_dict(ck["discriminator"])
@@ -204,6 +238,9 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
         task.load_extra_state(ck.get("extra", {}))
         start, best, best_step = ck["step"], ck["best_val_loss"], ck["best_step"]
         history, validation = ck["history"], ck["validation"]
+        prior_seconds = float(ck.get("train_seconds", 0.0))
+        if rank == 0 and start < cfg.steps:
+            print(f"{out.name}: resuming from step {start} of {cfg.steps} ({ck.get('_path', 'last.pt')})", flush=True)
     resumed_from = start
 
     if world > 1:  # DistributedDataParallel: gradients averaged across ranks, identical weights everywhere
@@ -214,8 +251,15 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
             task.discriminator = DDP(task.discriminator, device_ids=ids)
 
     def save(step: int, name: str = "last.pt"):
-        if rank == 0:
-            save_checkpoint(out / name, _state(task, opt_g, opt_d, step, best, best_step, history, validation, cfg))
+        if rank != 0:
+            return
+        if name == "last.pt" and (out / "last.pt").exists():  # keep the previous good checkpoint as a fallback
+            for suffix in ("", ".sha256"):
+                src = out / f"last.pt{suffix}"
+                if src.exists():
+                    os.replace(src, out / f"previous.pt{suffix}")
+        save_checkpoint(out / name, _state(task, opt_g, opt_d, step, best, best_step, history, validation, cfg,
+                                           prior_seconds + time.time() - t0))
 
     def run_validation(step: int):
         nonlocal best, best_step
@@ -251,6 +295,11 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
     if start == 0 and rank == 0 and not validation:
         run_validation(0)
     for step in range(start, cfg.steps):
+        factor = lr_factor(step, cfg)
+        for opt, lrs in zip((opt_g, opt_d), base_lrs):
+            if opt is not None:
+                for group, lr0 in zip(opt.param_groups, lrs):
+                    group["lr"] = lr0 * factor
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, rank))
         batch = _to_device(task.make_batch(step, gen), device)
         logs: Dict[str, float] = {}
@@ -276,6 +325,7 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
         opt_g.step()
         logs.update(g_logs)
         logs["g_loss"] = g_loss.item()
+        logs["lr_g"] = opt_g.param_groups[0]["lr"]
         done = step + 1
         for k, v in logs.items():
             window.setdefault(k, []).append(float(v))
@@ -296,7 +346,73 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
                                                       "config": asdict(cfg)}, indent=1))
     task.generator = _unwrap(task.generator)
     task.discriminator = _unwrap(task.discriminator)
+    if world > 1:  # rank 0 may still be writing the final best.pt: every rank must load the same file
+        dist.barrier()
+    if cfg.restore_best and (out / "best.pt").exists():
+        load_generator_weights(task.generator, out / "best.pt")
     return TrainResult(history, validation, best, best_step, cfg.steps, str(out), time.time() - t0, resumed_from)
+
+
+def _plain_items(d, prefix: str = "") -> Dict[str, object]:
+    """``{dotted.key: value}`` of the JSON-like leaves of nested dicts (tensors and other objects left out)."""
+    items: Dict[str, object] = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            items.update(_plain_items(v, key + "."))
+        elif v is None or isinstance(v, (str, bool, int, float)) or (
+                isinstance(v, (list, tuple)) and all(isinstance(x, (str, bool, int, float)) for x in v)):
+            items[key] = list(v) if isinstance(v, tuple) else v
+    return items
+
+
+def _check_same_recipe(task: TrainTask, ck: dict, out: Path) -> None:
+    """Refuse to resume ``task`` from a checkpoint made by another task or with other network shapes (another
+    width, depth, recipe), naming the fields that differ, instead of failing inside ``load_state_dict``."""
+    problems = []
+    for which in ("generator", "discriminator"):
+        module, saved = getattr(task, which), ck.get(which)
+        if module is None or saved is None:
+            continue
+        mine = _unwrap(module).state_dict()
+        missing, extra = sorted(set(mine) - set(saved)), sorted(set(saved) - set(mine))
+        shapes = [k for k in mine if k in saved and tuple(mine[k].shape) != tuple(saved[k].shape)]
+        if missing or extra:
+            problems.append(f"{which}: {len(missing)} tensors missing from the checkpoint, {len(extra)} unexpected")
+        if shapes:
+            k = shapes[0]
+            problems.append(f"{which}: {len(shapes)} tensors differ in shape (e.g. {k}: checkpoint "
+                            f"{tuple(saved[k].shape)}, this task {tuple(mine[k].shape)})")
+    old_task, new_task = ck.get("task"), type(task).__name__
+    if not problems and (old_task is None or old_task == new_task):
+        return
+    old, new = _plain_items(ck.get("extra")), _plain_items(task.extra_state())
+    fields = [f"{k}: {old.get(k, '(absent)')!r} in the folder, {new.get(k, '(absent)')!r} now"
+              for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if old_task is not None and old_task != new_task:
+        fields.insert(0, f"task: {old_task} in the folder, {new_task} now")
+    raise ValueError(f"out_dir: {out} belongs to another recipe (its {ck.get('_path', 'last.pt')} was trained with "
+                     f"other settings), so this run cannot resume from it. Differing fields: "
+                     f"{'; '.join(fields) if fields else '(none recorded)'}. Network: {'; '.join(problems) or 'same'}. "
+                     f"Train into another folder or delete this one.")
+
+
+def _load_resume_checkpoint(out: Path) -> Optional[dict]:
+    """The newest good checkpoint of a run folder: ``last.pt``, or — when it is corrupt or truncated —
+    ``previous.pt`` (the one before it), saying what was skipped. None when the folder holds neither."""
+    from refocuslib.io import CorruptCheckpointError
+    for name in ("last.pt", "previous.pt"):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            ck = load_checkpoint(path, map_location="cpu")
+        except CorruptCheckpointError as err:
+            print(f"{out.name}: skipping the corrupt checkpoint {name} ({err})", flush=True)
+            continue
+        ck["_path"] = name
+        return ck
+    return None
 
 
 def load_generator_weights(module: nn.Module, checkpoint_path, which: str = "generator") -> dict:
@@ -327,13 +443,13 @@ def use_shipped_checkpoints(enabled: bool) -> None:
     _USE_SHIPPED = enabled
 
 
-def ship_checkpoint(run_dir, command: str, dest_dir=None) -> Path:
+def ship_checkpoint(run_dir, command: str, dest_dir=None, extra_provenance: Optional[dict] = None) -> Path:
     """Copy the trained generator of a :func:`fit` run folder to ``dest_dir`` (default :data:`SHIPPED_DIR`) as
     ``<folder name>.pt`` (best-validation weights, no discriminator or optimiser state; checksummed) with a
     provenance JSON beside it: ``command`` that produced the run, git commit, seed, steps, best step and
     validation metrics. Returns the checkpoint path."""
     from refocuslib.io import _sha256_file
-    from refocuslib.reproduce import git_commit
+    from refocuslib.provenance import git_commit
     run_dir = Path(run_dir)
     last_path = run_dir / "last.pt"
     if not last_path.exists():
@@ -351,7 +467,9 @@ def ship_checkpoint(run_dir, command: str, dest_dir=None) -> Path:
             "library_version": last.get("library_version"), "seed": last.get("config", {}).get("seed"),
             "steps": last.get("step"), "weights": "best validation" if best is not last else "last",
             "best_step": last.get("best_step"), "best_validation": best_val, "final_validation": val[-1] if val else {},
-            "sha256": _sha256_file(path), "bytes": path.stat().st_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "sha256": _sha256_file(path), "bytes": path.stat().st_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "train_seconds": last.get("train_seconds")}
+    prov.update(extra_provenance or {})
     tmp = dest / f".{run_dir.name}.json.tmp"
     tmp.write_text(json.dumps(prov, indent=2, default=str))
     os.replace(tmp, dest / f"{run_dir.name}.json")
@@ -380,6 +498,10 @@ def install_shipped(out_dir, shipped_dir=None) -> bool:
 TASKS: Dict[str, str] = {
     "deepz": "refocuslib.tasks.deepz:task_from_params",          # --param data='{...}' width=0.25 ...
     "deepstorm3d": "refocuslib.tasks.deepstorm3d:build_task",    # --param learn_mask=true width=0.25 ...
+    "wnet": "refocuslib.tasks.wnet:task_from_params",            # --param kind=wnet input_modality=dh ...
+    "recurrent_mz": "refocuslib.tasks.recurrent_mz:recurrent_mz_task",    # --param data='{kind: nuclei}' ...
+    "unet3d": "refocuslib.tasks.recurrent_mz:unet3d_task",                 # Recurrent-MZ's 3D U-Net baseline
+    "deepz_volume": "refocuslib.tasks.recurrent_mz:deepz_volume_task",     # Recurrent-MZ's Deep-Z baseline
 }
 
 
@@ -414,11 +536,13 @@ def main(argv=None) -> int:
     and ``--verify-sync`` checks that all ranks end with identical weights."""
     import argparse
     ap = argparse.ArgumentParser(prog="python -m refocuslib.train", description=main.__doc__)
-    ap.add_argument("--task", required=True, help="task name or module:function")
+    ap.add_argument("--task", help="task name or module:function (or give --recipe)")
+    ap.add_argument("--recipe", help="a recipe name of refocuslib/recipes.yaml: task, params and training schedule "
+                                     "exactly as shipped (--steps overrides the length, e.g. for a test)")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="keyword argument for the task factory (YAML value)")
-    ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("--out", required=True, help="checkpoint folder")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--out", help="checkpoint folder (with --recipe default results/retrain/checkpoints/<name>-<digest>)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--lr-g", type=float, default=1e-4)
@@ -427,7 +551,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--verify-sync", action="store_true", help="all-gather weight digests and compare ranks")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
     params = {}
     for item in args.param:
         if "=" not in item:
@@ -444,11 +571,26 @@ def main(argv=None) -> int:
             torch.cuda.set_device(local_rank)
             device = f"cuda:{local_rank}"
         dist.init_process_group("nccl" if use_cuda else "gloo")
+    if args.recipe is None and (args.task is None or args.steps is None or args.out is None):
+        raise SystemExit("give --recipe NAME, or --task, --steps and --out")
     try:
-        task = resolve_task_factory(args.task)(**params)
-        cfg = TrainConfig(steps=args.steps, out_dir=args.out, lr_g=args.lr_g, lr_d=args.lr_d, seed=args.seed,
-                          device=device, val_every=args.val_every, ckpt_every=args.ckpt_every,
-                          progress=not args.no_progress)
+        if args.recipe is not None:
+            from refocuslib import recipes
+            rec = recipes.recipe(args.recipe, {"params": params} if params else None)
+            task = recipes.build(rec)
+            out = args.out or str(Path("results") / "retrain" / "checkpoints" / recipes.run_name(rec))
+            extra = {}
+            if args.steps:  # a shorter run (a test): the same schedule shape over fewer steps
+                warm = int(rec["train"].get("warmup_steps", 0))
+                extra = {"steps": args.steps, "warmup_steps": min(warm, args.steps // 10)}
+            cfg = recipes.train_config(rec, out, device=device, progress=not args.no_progress, use_shipped=False,
+                                       **extra)
+            print(f"recipe {args.recipe}: training into {out}", flush=True)
+        else:
+            task = resolve_task_factory(args.task)(**params)
+            cfg = TrainConfig(steps=args.steps, out_dir=args.out, lr_g=args.lr_g, lr_d=args.lr_d, seed=args.seed,
+                              device=device, val_every=args.val_every, ckpt_every=args.ckpt_every,
+                              progress=not args.no_progress)
         result = fit(task, cfg)
         rank, world = _dist_info()
         digest = weights_digest(task.generator)

@@ -35,7 +35,7 @@ def planted_traces(k_true, n_per=15, T=120, noise=0.3, seed=0, anti=False):
 def test_spectral_clustering_recovers_planted_clusters_and_k(k_true):
     F, truth = planted_traces(k_true)
     dF, F0 = A.delta_f(F)
-    S = A.similarity_matrix(dF, sigma=1.5)
+    S = A.similarity_matrix(dF, sigma=1.5, variant="zscore")
     res = A.spectral_clustering(S, seed=0)
     assert res.k == k_true
     assert A.cluster_ari(res.labels, truth) == pytest.approx(1.0)
@@ -53,7 +53,7 @@ def test_anti_correlated_groups_are_separated_at_given_k():
     find k = 3 — the notebook reports both)."""
     F, truth = planted_traces(3, anti=True)
     dF, _ = A.delta_f(F)
-    S = A.similarity_matrix(dF, 1.5)
+    S = A.similarity_matrix(dF, sigma=1.5, variant="zscore")
     anti = S[np.ix_(truth == 0, truth == 1)].mean()
     unc = S[np.ix_(truth == 0, truth == 2)].mean()
     assert anti == pytest.approx(np.exp(-4 / 1.5 ** 2), rel=0.1) and unc == pytest.approx(np.exp(-2 / 1.5 ** 2),
@@ -66,11 +66,11 @@ def test_anti_correlated_groups_are_separated_at_given_k():
 def test_generalised_eigenproblem_and_similarity():
     F, _ = planted_traces(3, n_per=6)
     dF, _ = A.delta_f(F)
-    S = A.similarity_matrix(dF, 1.5)
+    S = A.similarity_matrix(dF, sigma=1.5, variant="zscore")
     assert np.allclose(np.diag(S), 1) and np.allclose(S, S.T) and S.min() > 0
     # identical shapes → 1, opposite shapes → exp(−4/σ²) (Eq. 14 with unit-variance traces)
     x = np.sin(np.linspace(0, 6, 50))
-    S2 = A.similarity_matrix(np.stack([x, 3 * x, -x]), sigma=1.5)
+    S2 = A.similarity_matrix(np.stack([x, 3 * x, -x]), sigma=1.5, variant="zscore")
     assert S2[0, 1] == pytest.approx(1.0) and S2[0, 2] == pytest.approx(np.exp(-4 / 1.5 ** 2))
     res = A.spectral_clustering(S, k=3)
     W_ = S - np.eye(len(S))
@@ -286,7 +286,7 @@ def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match="background_um"):
         A.segment_neurons(np.zeros((8, 8)), 0.3, smooth_um=2, background_um=1)
     with pytest.raises(ValueError, match="sigma"):
-        A.similarity_matrix(np.ones((3, 5)), sigma=0)
+        A.similarity_matrix(np.ones((3, 5)), np.ones(3), sigma=0)
     with pytest.raises(ValueError, match="S"):
         A.spectral_clustering(np.ones((3, 4)))
     with pytest.raises(ValueError, match="k"):
@@ -335,3 +335,27 @@ def test_refocus_video_keeps_intensity_changes_between_frames():
     bg = triangle_background(np.median(frames, axis=0))
     assert np.allclose(out[0, 1], base - bg, rtol=1e-4, atol=1e-3)
     assert np.allclose(out[1, 0], 2 * base - 10 - bg, rtol=1e-4, atol=1e-3)
+
+
+def test_similarity_eq14_as_printed():
+    """Eq. 14 as printed: S_ij = exp(−‖ΔF_i/F_i0 − ΔF_j/F_j0‖²/σ²), the norm summed over time, σ = 1.5."""
+    dF = np.array([[1.0, -1.0, 0.5], [2.0, -2.0, 1.0], [0.0, 0.0, 0.0]])
+    F0 = np.array([10.0, 20.0, 5.0])
+    S = A.similarity_matrix(dF, F0, sigma=1.5)
+    x = dF / F0[:, None]
+    for i in range(3):
+        for j in range(3):
+            assert S[i, j] == pytest.approx(np.exp(-np.sum((x[i] - x[j]) ** 2) / 1.5 ** 2))
+    assert S[0, 1] == pytest.approx(1.0)  # the same relative change
+    with pytest.raises(ValueError, match="F0"):
+        A.similarity_matrix(dF)
+    with pytest.raises(ValueError, match="variant"):
+        A.similarity_matrix(dF, F0, variant="other")
+
+
+def test_planted_groups_with_eq14_as_printed():
+    """Relative changes of a few percent to tens of percent (calcium traces) keep the planted groups apart."""
+    F, truth = planted_traces(3)
+    dF, F0 = A.delta_f(F)
+    S = A.similarity_matrix(dF, F0, sigma=1.5)
+    assert np.allclose(S, S.T) and np.allclose(np.diag(S), 1)

@@ -65,11 +65,44 @@ def test_notebook_lint(path):
 
 
 # ------------------------------------------------------------------------------------------ the CI run
+MAIN_JOB_RESULTS = Path(__file__).resolve().parent.parent / "results" / "ci"
+
+
+def reusable_main_job_run(out_dir=MAIN_JOB_RESULTS):
+    """The README's main job (``refocuslib reproduce --profile ci``) writes results/ci/; when its summary ran every
+    notebook of exactly this source tree (same :func:`refocuslib.reproduce.source_digest`), the tests check that run
+    instead of executing every notebook a second time."""
+    path = Path(out_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    complete = {r["name"] for r in summary.get("notebooks", [])} == {p.stem for p in NOTEBOOKS}
+    if summary.get("source_digest") == reproduce.source_digest() and complete and not summary.get("requested"):
+        return summary
+    return None
+
+
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
+    summary = reusable_main_job_run()
+    if summary is not None:
+        return MAIN_JOB_RESULTS, summary
     root = tmp_path_factory.mktemp("results")
     summary = reproduce.run_notebooks("ci", results_root=root, quiet=True)
     return root / "ci", summary
+
+
+def test_main_job_reuse_requires_same_source(tmp_path):
+    """A summary of another source tree (digest differs) or of a partial run is never reused."""
+    names = [{"name": p.stem} for p in NOTEBOOKS]
+    (tmp_path / "summary.json").write_text(json.dumps({"source_digest": "0" * 16, "notebooks": names}))
+    assert reusable_main_job_run(tmp_path) is None
+    (tmp_path / "summary.json").write_text(json.dumps({"source_digest": reproduce.source_digest(),
+                                                       "notebooks": names[:1]}))
+    assert reusable_main_job_run(tmp_path) is None
+    (tmp_path / "summary.json").write_text(json.dumps({"source_digest": reproduce.source_digest(),
+                                                       "notebooks": names}))
+    assert reusable_main_job_run(tmp_path) is not None
 
 
 @pytest.mark.notebooks

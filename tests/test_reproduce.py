@@ -39,7 +39,7 @@ def test_recorder_writes_numbers_claims_figures_and_provenance(tmp_path):
     assert data["numbers"]["fwhm_um"] == {"value": pytest.approx(0.25), "unit": "µm"}
     assert data["numbers"]["count"]["value"] == 7 and data["numbers"]["nan"]["value"] is None
     assert data["claims"][0] == {"claim": "A beats B", "paper_figure": "Fig. 2b", "paper_value": "0.9",
-                                 "ours": 0.95, "holds": True, "note": "CI scale"}
+                                 "ours": 0.95, "holds": True, "status": "holds", "note": "CI scale"}
     assert data["claims"][1]["holds"] is None
     assert data["figures"] == [{"file": "line.png", "name": "line", "caption": "a line"}]
     prov = data["provenance"]
@@ -160,10 +160,40 @@ def test_readme_results_table_is_generated_from_the_committed_summaries():
     text = (root / "README.md").read_text()
     block = text.split(reproduce.README_START, 1)[1].split(reproduce.README_END, 1)[0].strip("\n")
     ci, full = reproduce.load_committed_summary("ci", root), reproduce.load_committed_summary("full", root)
-    if ci is None and full is None:
+    retrain = reproduce.load_committed_summary("retrain", root)
+    if ci is None and full is None and retrain is None:
         assert block == "No run summary committed yet."
     else:
-        assert block == reproduce.claims_markdown(ci, full).strip("\n")
+        assert block == reproduce.claims_markdown(ci, full, retrain).strip("\n")
+
+
+def test_claim_verdicts_counts_and_report_headline(tmp_path):
+    """A Verdict records its item count; below its minimum it is "not enough data", never ✓; the report's header
+    says how many claims hold and a notebook with a failing claim is not shown as ok."""
+    from refocuslib.evaluate import verdict
+    rec = reproduce.Recorder(tmp_path / "nb", profile="ci")
+    rec.claim("holds", "Fig. 1", "x", "y", verdict(True, 50, 20, "50 beads"))
+    rec.claim("too few", "Fig. 1", "x", "y", verdict(True, 5, 20, "5 beads"))
+    rec.claim("fails", "Fig. 2", "x", "y", verdict(False, 50, 20))
+    c = json.loads(rec.save().read_text())["claims"]
+    assert [r["status"] for r in c] == ["holds", "not enough data", "fails"]
+    assert c[1]["holds"] is None and c[1]["n_items"] == 5 and c[1]["min_items"] == 20
+    summary = {"profile": "ci", "notebooks": [{"name": "01_x", "status": "ok", "seconds": 1.0, "claims": c,
+                                               "figures": []}]}
+    assert reproduce.claim_counts(summary) == {"n_claims": 3, "n_hold": 1, "n_fail": 1, "n_undecided": 1}
+    assert reproduce.notebook_state(summary["notebooks"][0]) == "claims-fail"
+    html_text = reproduce.write_report(summary, tmp_path / "report.html").read_text()
+    assert "1 of 3 claims hold" in html_text and "claims-fail" in html_text
+    table = reproduce.claims_markdown(summary, None, None)
+    assert "ours (shipped CPU models)" in table and "– (not enough data)" in table
+    assert "ci: 1 of 3 claims hold" in table
+
+
+def test_retrain_profile_inherits_ci_and_trains_from_scratch():
+    ci, retrain = reproduce.load_params("ci"), reproduce.load_params("retrain")
+    assert retrain["defaults"]["use_shipped_checkpoints"] is False and ci["defaults"]["use_shipped_checkpoints"]
+    assert set(retrain) == set(ci)
+    assert "retrain" in reproduce.TRAINING_PROFILES
 
 
 def test_claims_markdown_and_update_readme(tmp_path):

@@ -144,6 +144,11 @@ class DeepZDataConfig:
     def trained_range_um(self) -> Tuple[float, float]:
         return (-float(self.max_dz_um), float(self.max_dz_um))
 
+    @property
+    def camera(self) -> imaging.Camera:
+        """The camera of both input and target images."""
+        return imaging.Camera(self.qe, self.gain, self.read_noise_e, self.baseline_adu, self.background_photons)
+
     def input_optics(self) -> Microscope:
         """The input microscope with the objective's residual aberration (what the camera sees)."""
         return with_aberration(self.microscope, self.spherical_aberration_rad)
@@ -333,16 +338,21 @@ def composite(stack, z_planes_um, surface_um) -> Tensor:
 
 def acquire(photons: Tensor, generator: Optional[torch.Generator], cfg: DeepZDataConfig) -> Tensor:
     """Camera counts (ADU) of ``photons`` with the camera of ``cfg`` (noise drawn from ``generator``)."""
-    return imaging.camera(photons, generator if generator is not None else 0, qe=cfg.qe, gain=cfg.gain,
-                          read_noise_e=cfg.read_noise_e, baseline_adu=cfg.baseline_adu,
-                          background_photons=cfg.background_photons)
+    return cfg.camera.counts(photons, generator if generator is not None else 0)
 
 
-def normalize(image) -> np.ndarray:
+def normalize(image, reference=None) -> np.ndarray:
     """Deep-Z normalisation of one image (:func:`refocuslib.imaging.normalize_deepz`: triangle background
     subtracted, divided by the 99.9th percentile); the same function :func:`refocuslib.inference.refocus`
-    applies to a user's image."""
-    return imaging.normalize_deepz(image)
+    applies to a user's image. Training targets pass their input as ``reference``: they share the input's
+    background and scale, so the output/input gain depends only on the DPM (one scale per pair, taken from
+    what the network sees; per-image scales vary with beads outside the crop, CV 0.18–0.26)."""
+    return imaging.normalize_deepz(image, reference=reference)
+
+
+def clean_counts(photons: Tensor, cfg: DeepZDataConfig) -> Tensor:
+    """Noise-free camera counts (ADU) of ``photons``: the expectation of :func:`acquire`."""
+    return cfg.camera.expected(photons)
 
 
 def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
@@ -467,14 +477,13 @@ class DeepZPairs:
             zi = self.z_planes_um[i]
             dpm_um = np.clip(d, self.z_planes_um[0] - zi, self.z_planes_um[-1] - zi)
             target_ph = composite(st_t[k], self.z_planes_um, zi + dpm_um).to(torch.float32)
-        inp = normalize(acquire(st_in[k, i], generator, cfg).numpy())
-        tgt_counts = (acquire(target_ph, generator, cfg) if cfg.target_noise
-                      else (target_ph + cfg.background_photons) * cfg.qe * cfg.gain + cfg.baseline_adu)
-        tgt = normalize(tgt_counts.numpy())
+        inp_counts = acquire(st_in[k, i], generator, cfg).numpy()
+        inp = normalize(inp_counts)
+        tgt_counts = acquire(target_ph, generator, cfg) if cfg.target_noise else clean_counts(target_ph, cfg)
+        tgt = normalize(tgt_counts.numpy(), reference=inp_counts)
         planes = [inp, dpm_lib.to_network(dpm_um), tgt]
         if with_clean:
-            clean = (target_ph + cfg.background_photons) * cfg.qe * cfg.gain + cfg.baseline_adu
-            planes.append(normalize(clean.numpy()))
+            planes.append(normalize(clean_counts(target_ph, cfg).numpy(), reference=inp_counts))
         c = cfg.crop_px
         y0 = int(torch.randint(n - c + 1, (), generator=generator))
         x0 = int(torch.randint(n - c + 1, (), generator=generator))
@@ -520,10 +529,21 @@ class Scan:
     input: np.ndarray
     target: np.ndarray
     target_clean: np.ndarray
+    input_counts: Optional[np.ndarray] = None
+    target_clean_counts: Optional[np.ndarray] = None
 
     def plane(self, z_um: float) -> int:
         """Index of the focal plane nearest ``z_um``."""
         return int(np.argmin(np.abs(self.z_um - float(z_um))))
+
+    def truth_for(self, input_index: int, planes=None) -> np.ndarray:
+        """Noise-free target planes (all, or the indices ``planes``) normalised with the background and scale of
+        the noisy input plane ``input_index``: the units a network output refocused from that plane is in (the
+        training pairs' normalisation)."""
+        if self.input_counts is None or self.target_clean_counts is None:
+            raise ValueError("scan: built without counts (use refocuslib.datasets.deepz.scan)")
+        idx = slice(None) if planes is None else planes
+        return normalize(self.target_clean_counts[idx], reference=self.input_counts[int(input_index)])
 
 
 def points_volume(points: samples.Points, cfg: DeepZDataConfig, field_px: Optional[int] = None) -> np.ndarray:
@@ -549,11 +569,12 @@ def scan(cfg: DeepZDataConfig, volume, seed: int = 0, psf_stacks: Optional[Tuple
     inp = image_stacks([vol], psf_in)[0]
     tgt = inp if psf_t is None and cfg.target_microscope is None else image_stacks([vol], psf_t)[0]
     g = torch.Generator().manual_seed(int(seed))
-    noisy_in = np.stack([normalize(acquire(p, g, cfg).numpy()) for p in inp])
+    counts_in = np.stack([acquire(p, g, cfg).numpy() for p in inp])
+    noisy_in = np.stack([normalize(c) for c in counts_in])
     noisy_t = noisy_in if tgt is inp else np.stack([normalize(acquire(p, g, cfg).numpy()) for p in tgt])
-    clean_t = np.stack([normalize(((p + cfg.background_photons) * cfg.qe * cfg.gain + cfg.baseline_adu).numpy())
-                        for p in tgt])
-    return Scan(zs, inp, tgt, noisy_in, noisy_t, clean_t)
+    counts_clean = np.stack([clean_counts(p, cfg).numpy() for p in tgt])
+    clean_t = np.stack([normalize(c) for c in counts_clean])
+    return Scan(zs, inp, tgt, noisy_in, noisy_t, clean_t, counts_in, counts_clean)
 
 
 def _replace(cfg: DeepZDataConfig, **changes) -> DeepZDataConfig:

@@ -36,7 +36,8 @@ MICROSCOPES = {"DEEPZ_20X": DEEPZ_20X, "WORM_20X": WORM_20X, "OIL_63X": OIL_63X,
 
 _TASK_KEYS = ("width", "levels", "disc_width", "disc_blocks", "gan", "alpha", "batch_size", "train_seed", "val_seed",
               "n_val_samples", "n_val", "init_seed")
-_TRAIN_KEYS = ("steps", "lr_g", "lr_d", "d_every", "val_every", "ckpt_every", "log_every", "grad_clip")
+_TRAIN_KEYS = ("steps", "lr_g", "lr_d", "d_every", "val_every", "ckpt_every", "log_every", "grad_clip", "schedule",
+               "warmup_steps", "min_lr_ratio")
 
 
 class DeepZTask(TrainTask):
@@ -105,13 +106,23 @@ class DeepZTask(TrainTask):
         return self._val_batch
 
     def validate(self) -> Dict[str, float]:
+        """``val_loss``: the mean over held-out pairs of the NRMSE ‖out − clean‖ / ‖clean‖ against the noise-free
+        target (an all-zero output scores exactly 1, so darkness cannot win), beside the same for the zero image
+        (``val_nrmse_zero``) and the identity, input as output (``val_nrmse_input``), and the raw MAEs."""
         b = self.validation_batch()
         dev = next(self.generator.parameters()).device
         out = torch.cat([self.generator(b["input"][i:i + 8].to(dev), b["dpm"][i:i + 8].to(dev)).cpu()
                          for i in range(0, len(b["input"]), 8)])
         clean = b["target_clean"]
-        mae = float(losses.mae(out, clean))
-        return {"val_loss": mae, "val_mae": mae, "val_mae_input": float(losses.mae(b["input"], clean)),
+
+        def nrmse(x):
+            num = ((x - clean) ** 2).flatten(1).sum(1).sqrt()
+            return float((num / clean.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+
+        nr = nrmse(out)
+        return {"val_loss": nr, "val_nrmse": nr, "val_nrmse_input": nrmse(b["input"]),
+                "val_nrmse_zero": nrmse(torch.zeros_like(clean)), "val_mae": float(losses.mae(out, clean)),
+                "val_mae_input": float(losses.mae(b["input"], clean)),
                 "val_mae_noisy_target": float(losses.mae(out, b["target"]))}
 
     # -------------------------------------------------------------------------------- checkpoints
@@ -160,7 +171,8 @@ def build_task(spec: dict) -> DeepZTask:
     """A :class:`DeepZTask` from a plain recipe (what notebooks keep in ``notebooks/params/*.yaml``)::
 
         {"plus": False,                       # True: Deep-Z+ (deepz_plus_config defaults: 63x wide-field → confocal)
-         "data": {"microscope": "DEEPZ_20X",  # a name of MICROSCOPES; also "target_microscope"
+         "data": {"microscope": "DEEPZ_20X",  # a name of MICROSCOPES, a psf.json path (refocuslib calibrate)
+                                              # or a dict of optics; also "target_microscope"
                   "z_half_range_um": 3.0, "sample": "beads", ...},   # any DeepZDataConfig field
          "width": 0.25, "levels": 4, ...,     # DeepZTask arguments
          "steps": 450, "lr_g": 3e-3, ...}     # TrainConfig arguments (used by train_from_spec)
@@ -173,12 +185,25 @@ def build_task(spec: dict) -> DeepZTask:
     if unknown:
         raise ValueError(f"spec: unknown keys {sorted(unknown)}; allowed: data, plus, {', '.join(_TASK_KEYS)}, "
                          f"{', '.join(_TRAIN_KEYS)}")
+    if not isinstance(spec.get("data") or {}, dict):
+        raise ValueError(f"spec: data must be a mapping of DeepZDataConfig fields, got {spec['data']!r}")
     data = dict(spec.get("data") or {})
+    import dataclasses
+    accepted = [f.name for f in dataclasses.fields(DeepZDataConfig)]
+    unknown_data = sorted(map(str, set(data) - set(accepted)))
+    if unknown_data:
+        hint = (" (YAML reads {field_px:64} as the key 'field_px:64': put a space after the colon)"
+                if any(":" in k for k in unknown_data) else "")
+        raise ValueError(f"spec: unknown data keys {unknown_data}{hint}; accepted: {', '.join(accepted)}")
     for key in ("microscope", "target_microscope"):
-        if isinstance(data.get(key), str):
-            if data[key] not in MICROSCOPES:
-                raise ValueError(f"spec: data.{key} must be one of {sorted(MICROSCOPES)}, got {data[key]!r}")
-            data[key] = MICROSCOPES[data[key]]
+        if isinstance(data.get(key), (str, dict)):  # a preset name, a psf.json path or a dict of optics
+            from refocuslib.calibrate import microscope_from_spec
+            try:
+                data[key] = microscope_from_spec(data[key], MICROSCOPES)
+            except ValueError as e:
+                raise ValueError(f"spec: data.{key}: {e}") from None
+    if isinstance(data.get("sample"), str) and "." in data["sample"]:  # a sample callable by dotted path
+        data["sample"] = _import_callable(data["sample"], "data.sample")
     for key in ("n_beads", "bead_photons", "n_nuclei", "nuclei_radius_um", "n_filaments", "nonuniform_kinds"):
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
@@ -186,6 +211,19 @@ def build_task(spec: dict) -> DeepZTask:
     task = DeepZTask(cfg, **{k: spec[k] for k in _TASK_KEYS if k in spec})
     task.spec = _plain(spec)
     return task
+
+
+def _import_callable(path: str, name: str):
+    """``package.module.function`` → the function (a recipe names a sample generator this way)."""
+    import importlib
+    module, _, func = path.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{name}: {path!r} is not an importable function 'package.module.function' ({err})") from None
+    if not callable(fn):
+        raise ValueError(f"{name}: {path!r} is not callable")
+    return fn
 
 
 def task_from_params(**spec) -> DeepZTask:
