@@ -27,7 +27,8 @@ Tensor = torch.Tensor
 
 __all__ = ["MASKS", "STORM_OPTICS", "STORM_Z_RANGE_UM", "TELOMERE_OPTICS", "TELOMERE_Z_RANGE_UM", "data_dir",
            "pupil_radius_px", "load_phase_mask", "real_mask", "storm_frame_paths", "load_storm_frames",
-           "load_telomeres", "noise_variance", "smooth_background", "fit_photons", "MPResult", "matching_pursuit"]
+           "load_telomeres", "noise_variance", "smooth_background", "fit_photons", "MPResult", "matching_pursuit",
+           "bright_spots", "fit_blur_sigma", "photon_transfer"]
 
 #: name → (file under deepstorm3d/, .mat key, mask pixel µm, 4f lens focal length mm) (data README).
 MASKS = {
@@ -51,14 +52,13 @@ def _candidate_dirs(path=None) -> List[Path]:
     if path is not None:
         p = Path(path)
         return [p / "deepstorm3d" if (p / "deepstorm3d").is_dir() else p]
-    root = Path(__file__).resolve().parent.parent
-    return [root / "data" / "deepstorm3d", root.parent / "shared" / "data" / "deepstorm3d"]
+    return [Path(__file__).resolve().parent.parent / "data" / "deepstorm3d"]
 
 
 def data_dir(path=None, need: str = "masks") -> Path:
     """The folder holding the DeepSTORM3D files (``masks/``, ``tetrapod_storm_frames/``, ...): ``path`` (or
-    its ``deepstorm3d/`` child), else the project's ``data/deepstorm3d``, else ``../shared/data/deepstorm3d``.
-    ``need`` names a sub-folder that must exist."""
+    its ``deepstorm3d/`` child), else the project's ``data/deepstorm3d``. ``need`` names a sub-folder that must
+    exist."""
     for d in _candidate_dirs(path):
         if (d / need).is_dir():
             return d
@@ -123,8 +123,7 @@ def _frame_number(p: Path) -> int:
 
 
 def storm_frame_paths(n: Optional[int] = None, path=None) -> List[Path]:
-    """Paths of the real Tetrapod STORM frames 1, 2, … (``n`` first; all when None), from the first data
-    folder holding at least ``n`` of them (the project ships a few, ``../shared/data`` all 50)."""
+    """Paths of the real Tetrapod STORM frames 1, 2, … (``n`` first; all 50 when None) from :func:`data_dir`."""
     best: List[Path] = []
     for d in _candidate_dirs(path):
         folder = d / "tetrapod_storm_frames"
@@ -376,3 +375,79 @@ def matching_pursuit(image, physics: PhysicalLayer, min_photons: float, z_step_u
         model = physics.expected(xyz[None], ph[None])[0, 0] + bg0
     return MPResult(xyz.cpu().numpy().astype(np.float64), ph.cpu().numpy().astype(np.float64), bg0,
                     model.cpu().numpy(), picks)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Real-data domain: isolated spots, model blur, camera photometry
+# ----------------------------------------------------------------------------------------------------------
+def bright_spots(image, n: int, window_px: int = 41, min_separation_px: int = 25, smooth_px: float = 2.0,
+                 background_px: int = 31) -> List[Tuple[int, int]]:
+    """Centres (row, col) of the ``n`` brightest spots of a frame, at least ``min_separation_px`` apart and a
+    half window from the border: maxima of the background-subtracted (:func:`smooth_background`) frame smoothed
+    by a Gaussian of ``smooth_px`` (scipy.ndimage)."""
+    from scipy import ndimage
+    img = as_image_array(image, "image", ndim=2).astype(np.float64)
+    n = positive_int(n, "n")
+    w = positive_int(window_px, "window_px", minimum=3)
+    s = ndimage.gaussian_filter(img - smooth_background(img, background_px), positive(smooth_px, "smooth_px"))
+    peaks = np.argwhere(s == ndimage.maximum_filter(s, positive_int(min_separation_px, "min_separation_px")))
+    h = w // 2
+    peaks = [tuple(map(int, p)) for p in peaks if h <= p[0] < img.shape[0] - h and h <= p[1] < img.shape[1] - h]
+    peaks.sort(key=lambda p: -s[p])
+    return peaks[:n]
+
+
+def fit_blur_sigma(windows, physics: PhysicalLayer, z_range_um: Tuple[float, float], min_photons: float,
+                   sigmas=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0), max_emitters: int = 2) -> dict:
+    """The model-mismatch blur σ (pixels) of real spots: in each window (counts; ``physics`` of the window's size
+    and camera) :func:`matching_pursuit` finds up to ``max_emitters`` emitters with the unblurred model; then
+    for each σ the emitters' images blurred by σ (:meth:`PhysicalLayer.blur`) and a flat background are refitted
+    (non-negative least squares of the photons, positions kept) and the residual sum of squares is summed over
+    windows. Returns ``{"sigma_px": best σ, "sigmas": [...], "residual": [...] (relative to σ = first)}``.
+    (The positions come from the unblurred fit, so the estimate is conservative: biased towards small σ.)"""
+    from scipy.optimize import nnls
+    sig = [float(positive(s, "sigmas", allow_zero=True)) for s in sigmas]
+    total = np.zeros(len(sig))
+    for win in windows:
+        img = physics.counts_to_photons(win)
+        r = matching_pursuit(img, physics, min_photons=min_photons, z_step_um=0.1, z_range_um=z_range_um,
+                             max_emitters=max_emitters)
+        b = img.numpy().astype(np.float64).reshape(-1)
+        with torch.no_grad():
+            cols = [physics.expected(torch.as_tensor(p[None, None]), torch.ones(1, 1)) for p in r.xyz_um]
+        for k, s in enumerate(sig):
+            a = [physics.blur(c, s)[0, 0].numpy().reshape(-1).astype(np.float64) for c in cols] if s > 0 else \
+                [c[0, 0].numpy().reshape(-1).astype(np.float64) for c in cols]
+            a = np.stack(a + [np.ones_like(b)], 1)
+            x, rn = nnls(a, b)
+            total[k] += rn ** 2
+    best = sig[int(np.argmin(total))]
+    return {"sigma_px": best, "sigmas": sig, "residual": list(total / total[0])}
+
+
+def photon_transfer(frames, quantile: float = 0.3, n_bins: int = 8) -> dict:
+    """Camera gain and offset from a stack of frames of the same field (photon-transfer curve): per pixel the
+    temporal median and robust (MAD) variance; on the darkest ``quantile`` of pixels (background only, so the
+    blinking emitters do not inflate the variance) a straight line variance = g·(median − offset) fitted
+    over ``n_bins`` median bins. ``g`` is the effective gain in ADU per Poisson-equivalent photon (for an EMCCD it
+    includes the excess-noise factor 2); returns ``{"gain_adu": g, "offset_adu": offset, "background_adu": median
+    background, "background_photons": (median − offset)/g}``."""
+    f = np.asarray(frames, dtype=np.float64)
+    if f.ndim != 3 or f.shape[0] < 5:
+        raise ValueError(f"frames: expected (T >= 5, H, W), got shape {f.shape}")
+    q = in_range(quantile, "quantile", 0.0, 1.0, lo_open=True)
+    med = np.median(f, 0)
+    var = (1.4826 * np.median(np.abs(f - med), 0)) ** 2
+    dark = med <= np.quantile(med, q)
+    edges = np.quantile(med[dark], np.linspace(0, 1, positive_int(n_bins, "n_bins", minimum=2) + 1))
+    mx, vy = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        s = dark & (med >= a) & (med <= b)
+        if s.sum() > 10:
+            mx.append(med[s].mean())
+            vy.append(var[s].mean())
+    g, c = np.polyfit(mx, vy, 1)
+    offset = -c / g
+    bg = float(np.median(med[dark]))
+    return {"gain_adu": float(g), "offset_adu": float(offset), "background_adu": bg,
+            "background_photons": (bg - offset) / g}

@@ -5,8 +5,9 @@
   double helix, a measured mask, none) or a learnable :class:`refocuslib.optics.ArrayMask`; the rendered image
   is differentiable with respect to it (paper Fig. 4: end-to-end PSF design). Poisson shot noise + Gaussian
   read noise as in :func:`refocuslib.imaging.camera`, passed through with a straight-through gradient.
-  This is the one model that knows optics (DESIGN.md).
-* :class:`LocalizationCNN` — the paper's network (Methods, Supplementary Fig. 2): per-frame normalisation, a
+  This is the one model that knows optics (docs/DESIGN.md).
+* :class:`LocalizationCNN` — the paper's network (Methods, Supplementary Fig. 2): a fixed photometric input
+  normalisation (camera counts → photons, minus a reference background, over a fixed photon scale), a
   multi-scale context-aggregation module of dilated 3×3 convolutions (dilations 1, 2, 4, 8, 16, 1; the input
   frame is concatenated to every layer), ×U lateral upsampling (U = 4 in the paper: 110 nm → 27.5 nm) and a
   refinement module that turns channels into axial slices: a 3D occupancy grid (B, D, U·H, U·W).
@@ -405,10 +406,13 @@ class _SubPixelUp(nn.Sequential):
 class LocalizationCNN(nn.Module):
     """DeepSTORM3D localization network (paper Methods, Supplementary Fig. 2).
 
-    frame (B, 1, H, W) → per-frame normalisation (zero mean, unit variance) → context aggregation: 3×3
+    frame (B, 1, H, W) counts → fixed photometric normalisation (:meth:`normalize`: (counts − ``input_offset``) /
+    ``input_scale``, both in ADU and stored with the weights; per-frame standardisation made the output scale —
+    and so the best threshold — depend on the emitter density) → context aggregation: 3×3
     convolutions with dilations ``dilations`` (paper 1, 1, 2, 4, 8, 16, 1), each seeing the previous features
     concatenated with the input frame → ``log2(upsampling)`` × sub-pixel ×2 upsampling → refinement: conv to
-    ``n_z`` channels, a residual conv, 1×1 conv, HardTanh(0, ``max_value``) → occupancy confidences
+    ``n_z`` channels, a residual conv, 1×1 conv, HardTanh(0, ``max_value``) (in training with a 1 % gradient below 0:
+    with a fixed input scale, short CPU runs otherwise pushed every voxel below 0 and stopped learning) → occupancy confidences
     (B, n_z, U·H, U·W). ``width`` scales the 64 feature channels of the paper (``models.blocks.scaled``).
     The 1×1 head starts with zero bias and weights scaled by 0.01 (an almost empty grid); the ×2 steps are
     sub-pixel convolutions (Shi et al. 2016): with interpolation + conv short CPU runs could not learn which
@@ -416,8 +420,11 @@ class LocalizationCNN(nn.Module):
     """
 
     def __init__(self, n_z: int, width: float = 1.0, upsampling: int = 4,
-                 dilations: Sequence[int] = (1, 1, 2, 4, 8, 16, 1), max_value: float = 100.0):
+                 dilations: Sequence[int] = (1, 1, 2, 4, 8, 16, 1), max_value: float = 100.0,
+                 input_offset: float = 0.0, input_scale: float = 1.0):
         super().__init__()
+        self.register_buffer("input_offset", torch.tensor(in_range(input_offset, "input_offset", -1e9, 1e9)))
+        self.register_buffer("input_scale", torch.tensor(positive(input_scale, "input_scale")))
         self.n_z = positive_int(n_z, "n_z")
         if upsampling not in (1, 2, 4, 8):
             raise ValueError(f"upsampling: must be 1, 2, 4 or 8, got {upsampling!r}")
@@ -439,12 +446,10 @@ class LocalizationCNN(nn.Module):
         with torch.no_grad():
             self.head.weight.mul_(0.01)
 
-    @staticmethod
-    def normalize(frames: Tensor) -> Tensor:
-        """Per-frame standardisation: the network never sees the photon scale, camera offset or gain."""
-        mean = frames.mean((-2, -1), keepdim=True)
-        std = frames.std((-2, -1), keepdim=True).clamp_min(1e-6)
-        return (frames - mean) / std
+    def normalize(self, frames: Tensor) -> Tensor:
+        """Fixed photometric normalisation (counts − offset) / scale: the same map for every frame, so that the
+        output's mass per emitter does not depend on how many emitters a frame holds."""
+        return (frames - self.input_offset) / self.input_scale
 
     def forward(self, frames: Tensor) -> Tensor:
         if frames.ndim != 4 or frames.shape[1] != 1:
@@ -457,4 +462,8 @@ class LocalizationCNN(nn.Module):
             x = layer(x)
         x = self.to_slices(x)
         x = self.refine(x) + x
-        return F.hardtanh(self.max_value * self.head(x), 0.0, self.max_value)
+        z = self.max_value * self.head(x)
+        y = F.hardtanh(z, 0.0, self.max_value)
+        if self.training:  # same values; below 0 a 1 % gradient, so that voxels pushed to 0 early can come back
+            y = y + 0.01 * (z - z.detach()) * (z < 0)
+        return y

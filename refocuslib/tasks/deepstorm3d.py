@@ -5,8 +5,12 @@ Training is on simulated data only, generated on the fly (the paper's method): e
 :class:`~refocuslib.models.deepstorm3d.PhysicalLayer` (inside ``generate`` so that a learnable phase mask
 receives gradients: paper Fig. 4, end-to-end PSF design) and compares the CNN's occupancy grid with the true
 one by heatmap matching (MSE of 3D-Gaussian-blurred grids) + a Dice overlap term
-(:meth:`DeepSTORM3DTask.loss`, from :mod:`refocuslib.losses`' blur and ``dice_loss``). Validation reports the loss, the Jaccard index and the
-lateral/axial RMSE of the post-processed localizations (Hungarian matching at 150 nm).
+(:meth:`DeepSTORM3DTask.loss`, from :mod:`refocuslib.losses`' blur and ``dice_loss``). Validation is the paper's
+goal: ``val_loss`` = 1 − Jaccard index (Hungarian matching at 150 nm) of the post-processed localizations on
+fixed frames at three densities (5, 30, 75 per 13 × 13 µm), at the threshold that maximises their mean Jaccard
+on a wide grid (:data:`THRESHOLD_GRID`); the all-zero output and the identity (input frame as the output) are
+scored beside it. Users: :func:`load_localizer` rebuilds a trained localizer from its checkpoint alone and
+:meth:`DeepSTORM3DTask.localize` / :meth:`DeepSTORM3DTask.localization_table` run it on camera frames.
 """
 from __future__ import annotations
 
@@ -26,8 +30,16 @@ from refocuslib.train import TrainTask, checkpoint_dir
 
 Tensor = torch.Tensor
 
-__all__ = ["DeepSTORM3DNet", "DeepSTORM3DTask", "localize", "match_frames", "gaussian_blur_3d",
-           "TASK_DEFAULTS", "build_mask", "build_task", "train_cached", "simulate_test_frames", "compare_with_mp"]
+__all__ = ["DeepSTORM3DNet", "DeepSTORM3DTask", "localize", "match_frames", "gaussian_blur_3d", "THRESHOLD_GRID",
+           "VAL_DENSITIES", "TASK_DEFAULTS", "build_mask", "build_task", "load_localizer", "train_cached",
+           "simulate_test_frames", "compare_with_mp"]
+
+#: Post-processing thresholds (fractions of the CNN's ``max_value``) searched by validation and calibration:
+#: geometric from 0.002 to 0.9 (the old grid stopped at 0.01–0.5, and per-frame normalisation moved the
+#: optimum with density).
+THRESHOLD_GRID = tuple(float(v) for v in np.round(np.geomspace(0.002, 0.9, 24), 5))
+#: Densities (emitters per 13 × 13 µm, paper Fig. 2) of the validation frames; the threshold is chosen for all.
+VAL_DENSITIES = (5.0, 30.0, 75.0)
 
 
 def _band(n: int, sigma: float, dtype, device) -> Tensor:
@@ -49,6 +61,12 @@ def gaussian_blur_3d(grid: Tensor, sigma_vox=1.0) -> Tensor:
     v = grid @ _band(w, sx, grid.dtype, grid.device)
     v = _band(h, sy, grid.dtype, grid.device) @ v
     return (_band(d, sz, grid.dtype, grid.device) @ v.reshape(b, d, h * w)).reshape(b, d, h, w)
+
+
+def F_interp(frames: Tensor, upsampling: int) -> Tensor:
+    """(B, 1, H, W) → (B, 1, U·H, U·W) by nearest-neighbour upsampling (the identity baseline's grid)."""
+    return torch.nn.functional.interpolate(frames, scale_factor=int(upsampling), mode="nearest") \
+        if int(upsampling) > 1 else frames
 
 
 class DeepSTORM3DNet(nn.Module):
@@ -117,7 +135,8 @@ class DeepSTORM3DTask(TrainTask):
     def __init__(self, physics: PhysicalLayer, cnn: LocalizationCNN, grid: VoxelGrid, sampler: EmitterSampler,
                  batch_size: int = 4, learn_mask: bool = False, lr_mask: float = 0.05, sigma_vox: float = 1.0,
                  dice_weight: float = 1.0, n_val: int = 8, val_seed: int = 2024, threshold: float = 0.2,
-                 radius_vox: int = 1, match_nm: float = 150.0, overlap: str = "recall"):
+                 radius_vox: int = 1, match_nm: float = 150.0, overlap: str = "recall",
+                 val_densities: Sequence[float] = VAL_DENSITIES, config: Optional[dict] = None):
         if overlap not in ("dice", "recall"):
             raise ValueError(f"overlap: 'dice' or 'recall', got {overlap!r}")
         self.overlap = overlap
@@ -147,7 +166,36 @@ class DeepSTORM3DTask(TrainTask):
         self.radius_vox = positive_int(radius_vox, "radius_vox")
         self.match_nm = positive(match_nm, "match_nm")
         self.n_val = positive_int(n_val, "n_val")
-        self.val_batch = self.make_batch(0, torch.Generator().manual_seed(int(val_seed)), self.n_val)
+        self.config = dict(config or {})
+        self.val_densities = tuple(positive(d, "val_densities") for d in val_densities)
+        self.val_batch = self._val_frames(int(val_seed))
+
+    def _val_frames(self, seed: int) -> Dict[str, Tensor]:
+        """``n_val`` frames at each of :attr:`val_densities` (exactly that many emitters per frame; at least
+        one), one batch (padded like the sampler's)."""
+        from refocuslib.datasets.deepstorm3d import emitters_for_density
+        g = torch.Generator().manual_seed(seed)
+        parts = []
+        for d in self.val_densities:
+            n = max(1, emitters_for_density(d, self.sampler.fov_um))
+            smp = self.sampler.replace(n_emitters=(n, n))
+            b = smp.sample(g, self.n_val)
+            b["density"] = torch.full((self.n_val,), float(d))
+            parts.append(b)
+        n_max = max(p["xyz_um"].shape[1] for p in parts)
+        out = {}
+        for k in parts[0]:
+            vals = []
+            for p in parts:
+                v = p[k]
+                if k in ("xyz_um", "photons") and v.shape[1] < n_max:
+                    pad = [0, 0] * (v.ndim - 2) + [0, n_max - v.shape[1]]
+                    v = torch.nn.functional.pad(v, pad)
+                vals.append(v)
+            out[k] = torch.cat(vals)
+        out["target"] = self.grid.to_grid(out["xyz_um"], out["photons"]).clamp_max(1.0) * self.cnn.max_value
+        out["noise_seed"] = torch.randint(0, 2 ** 62, (1,), generator=g)
+        return out
 
     @property
     def physics(self) -> PhysicalLayer:
@@ -216,60 +264,171 @@ class DeepSTORM3DTask(TrainTask):
         """True positions (x, y, z) nm per frame of a batch."""
         return [(batch["xyz_um"][k][batch["photons"][k] > 0] * 1000.0).numpy() for k in range(len(batch["photons"]))]
 
+    def jaccard_by_threshold(self, out: Tensor, batch: Dict[str, Tensor],
+                             thresholds: Sequence[float] = THRESHOLD_GRID) -> Dict[float, Dict[str, float]]:
+        """Per threshold (fraction of ``max_value``): the mean over densities of the Jaccard index, and its
+        value, lateral and axial RMSE per density, of grids ``out`` against the truth of ``batch``. The local
+        maxima do not depend on the threshold, so they are found once at the lowest one and then filtered."""
+        truth = self.truth_nm(batch)
+        dens = batch.get("density", torch.zeros(len(truth))).numpy()
+        lo = min(thresholds) * self.cnn.max_value
+        found = self.grid.to_points(out, lo, self.radius_vox)
+        if isinstance(found, tuple):
+            found = [found]
+        table = {}
+        # an untrained grid has thousands of maxima at the lowest threshold: keep the brightest (far more than the
+        # frame's emitters; the Jaccard index is then ≈ 0 either way) so that the matching stays cheap
+        cap = 8 * max([len(t) for t in truth] + [1]) + 20
+        found = [(p[:cap], v[:cap]) for p, v in found]
+        for t in thresholds:
+            t = in_range(t, "thresholds", 0.0, 1.0, lo_open=True)
+            pts = [p[v > t * self.cnn.max_value] for p, v in found]
+            row = {}
+            for d in np.unique(dens):
+                sel = np.flatnonzero(dens == d)
+                m = match_frames([pts[i] for i in sel], [truth[i] for i in sel], self.match_nm)
+                row[float(d)] = {"jaccard": m.jaccard, "rmse_lateral_nm": m.rmse_lateral_nm,
+                                 "rmse_axial_nm": m.rmse_axial_nm}
+            table[float(t)] = {"mean_jaccard": float(np.mean([r["jaccard"] for r in row.values()])),
+                               "per_density": row}
+        return table
+
+    @torch.no_grad()
     def validate(self) -> Dict[str, float]:
+        """``val_loss`` = 1 − mean Jaccard over the validation densities at the best threshold of
+        :data:`THRESHOLD_GRID` (also stored as :attr:`threshold`); ``val_loss_zero`` and ``val_loss_identity``
+        score the all-zero output and the input frame itself (normalised, broadcast to every slice) the same way."""
         vb = {k: (v.to(self.physics._device()) if torch.is_tensor(v) and k != "noise_seed" else v)
               for k, v in self.val_batch.items()}
         frames = self.render(self.val_batch)
         out = self.cnn(frames)
-        loss = self.loss(out, vb["target"])[0]
-        pts = [p for p, _ in self.grid.to_points(out, self.abs_threshold, self.radius_vox)]
-        m = match_frames(pts, self.truth_nm(self.val_batch), self.match_nm)
-        return {"val_loss": float(loss), "jaccard": m.jaccard, "rmse_lateral_nm": m.rmse_lateral_nm,
-                "rmse_axial_nm": m.rmse_axial_nm}
+        heat = self.loss(out, vb["target"])[0]
+        table = self.jaccard_by_threshold(out, self.val_batch)
+        best = max(table, key=lambda t: (table[t]["mean_jaccard"], -t))
+        self.threshold = best
+        zero = self.jaccard_by_threshold(torch.zeros_like(out[:, :1]).expand_as(out), self.val_batch, (0.5,))
+        x = self.cnn.normalize(frames).clamp_min(0)
+        x = x / x.amax((-2, -1), keepdim=True).clamp_min(1e-12) * self.cnn.max_value
+        ident = F_interp(x, self.grid.upsampling).expand_as(out)
+        idt = self.jaccard_by_threshold(ident, self.val_batch, (0.1, 0.2, 0.3, 0.5, 0.7))
+        res = {"val_loss": 1.0 - table[best]["mean_jaccard"], "jaccard": table[best]["mean_jaccard"],
+               "threshold": best, "heatmap_loss": float(heat),
+               "val_loss_zero": 1.0 - zero[0.5]["mean_jaccard"],
+               "val_loss_identity": 1.0 - max(v["mean_jaccard"] for v in idt.values())}
+        for d, r in table[best]["per_density"].items():
+            res[f"jaccard_d{d:g}"] = r["jaccard"]
+            res[f"rmse_lateral_nm_d{d:g}"] = r["rmse_lateral_nm"]
+            res[f"rmse_axial_nm_d{d:g}"] = r["rmse_axial_nm"]
+        return res
+
+    def after_training(self) -> Dict[float, float]:
+        """Called by :func:`refocuslib.recipes.train_cached` on the best weights: the threshold calibrated across
+        the validation densities (:meth:`calibrate_threshold`)."""
+        return self.calibrate_threshold()
 
     def extra_state(self) -> dict:
-        return {"threshold": self.threshold}
+        """Everything a user needs besides the weights: the build configuration (optics, mask, grid, camera,
+        normalisation; :func:`build_task` keys), the threshold and the derived geometry for the record."""
+        return {"threshold": self.threshold, "config": self.config, "radius_vox": self.radius_vox,
+                "voxel_nm": list(self.grid.voxel_nm), "z_range_um": list(self.grid.z_range_um),
+                "input_offset_adu": float(self.cnn.input_offset), "input_scale_adu": float(self.cnn.input_scale),
+                "camera": {"gain_adu_per_e": self.physics.gain, "qe": self.physics.qe,
+                           "baseline_adu": self.physics.baseline_adu, "read_noise_e": self.physics.read_noise_e}}
 
     def load_extra_state(self, state: dict) -> None:
         self.threshold = float(state.get("threshold", self.threshold))
 
     # -- evaluation helpers ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def calibrate_threshold(self, candidates: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)) -> Dict[float, float]:
-        """Pick the post-processing threshold (fraction of ``max_value``) that maximises the Jaccard index on the
-        validation frames (never on test frames); sets ``self.threshold`` and returns {threshold: Jaccard}."""
+    def calibrate_threshold(self, candidates: Sequence[float] = THRESHOLD_GRID) -> Dict[float, float]:
+        """Pick the post-processing threshold (fraction of ``max_value``) that maximises the mean Jaccard index
+        over the validation densities (never test frames); sets ``self.threshold``, returns {threshold: mean J}."""
+        was = self.cnn.training
         self.cnn.eval()
-        out = self.cnn(self.render(self.val_batch))
-        truth = self.truth_nm(self.val_batch)
-        scores = {}
-        for t in candidates:
-            t = in_range(t, "candidates", 0.0, 1.0, lo_open=True)
-            pts = [p for p, _ in self.grid.to_points(out, t * self.cnn.max_value, self.radius_vox)]
-            scores[t] = match_frames(pts, truth, self.match_nm).jaccard
+        table = self.jaccard_by_threshold(self.cnn(self.render(self.val_batch)), self.val_batch, candidates)
+        self.cnn.train(was)
+        scores = {t: r["mean_jaccard"] for t, r in table.items()}
         self.threshold = max(scores, key=lambda t: (scores[t], -t))
         return scores
 
-    def localize(self, frames, batch_size: int = 4, return_grids: bool = False):
-        """:func:`localize` with this task's CNN, grid, threshold and radius."""
-        return localize(self.cnn, frames, self.grid, self.abs_threshold, self.radius_vox, batch_size,
-                        return_grids=return_grids)
+    def to_model_counts(self, frames, baseline_adu: Optional[float] = None, e_per_adu: Optional[float] = None):
+        """Camera frames of another camera → the counts of this model's camera: electrons
+        (frames − ``baseline_adu``)·``e_per_adu`` re-expressed as gain·e + baseline of the physics layer.
+        Both None: the frames are already in the model's counts."""
+        x = torch.as_tensor(np.asarray(frames, dtype=np.float32) if not torch.is_tensor(frames) else frames).float()
+        if baseline_adu is None and e_per_adu is None:
+            return x
+        b = 0.0 if baseline_adu is None else in_range(baseline_adu, "baseline_adu", -1e9, 1e9)
+        g = 1.0 if e_per_adu is None else positive(e_per_adu, "e_per_adu")
+        return (x - b) * g * self.physics.gain + self.physics.baseline_adu
+
+    def localize(self, frames, batch_size: int = 4, return_grids: bool = False, baseline_adu: Optional[float] = None,
+                 e_per_adu: Optional[float] = None, return_confidence: bool = False):
+        """Localise emitters in camera frames ((H, W), (B, H, W) or (B, 1, H, W), any size): a list of (K, 3)
+        (x, y, z) nm arrays per frame, x/y from the frame's top-left corner, z above the coverslip
+        (:func:`localize` with this task's CNN, grid, threshold and radius; :meth:`to_model_counts` first).
+        ``return_confidence``: also the peak confidences per frame (fractions of ``max_value``)."""
+        x = self.to_model_counts(frames, baseline_adu, e_per_adu)
+        if not return_confidence:
+            return localize(self.cnn, x, self.grid, self.abs_threshold, self.radius_vox, batch_size,
+                            return_grids=return_grids)
+        pts, grids = localize(self.cnn, x, self.grid, self.abs_threshold, self.radius_vox, batch_size,
+                              return_grids=True)
+        conf = []
+        for g in grids:
+            found = self.grid.resized(tuple(x.shape[-2:])).to_points(g, self.abs_threshold, self.radius_vox)
+            conf.append(found[1] / self.cnn.max_value)
+        return (pts, conf, grids) if return_grids else (pts, conf)
+
+    def localization_table(self, frames, baseline_adu: Optional[float] = None, e_per_adu: Optional[float] = None,
+                           photons: bool = True, progress=None) -> Dict[str, np.ndarray]:
+        """A localisation table of camera frames (B, H, W): columns ``frame`` (numbered from 1, as ThunderSTORM),
+        ``x_nm``, ``y_nm``, ``z_nm``, ``photons`` (non-negative least-squares fit of every frame's emitters
+        and a flat background through the physics layer, :func:`refocuslib.smlm.fit_photons`; nan when
+        ``photons`` is False) and ``confidence`` (peak of the CNN grid / ``max_value``). ``progress``: a
+        callable wrapping the frame iterator (e.g. tqdm)."""
+        from refocuslib import smlm
+        x = self.to_model_counts(frames, baseline_adu, e_per_adu)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim == 4:
+            x = x[:, 0]
+        if x.ndim != 3:
+            raise ValueError(f"frames: expected (H, W), (B, H, W) or (B, 1, H, W), got {tuple(x.shape)}")
+        phys = self.physics.resized(tuple(x.shape[-2:]))
+        cols = {k: [] for k in ("frame", "x_nm", "y_nm", "z_nm", "photons", "confidence")}
+        it = range(x.shape[0])
+        for k in (progress(it) if progress is not None else it):
+            pts, conf = self.localize(x[k], return_confidence=True)
+            p, c = pts[0], conf[0]
+            ph = smlm.fit_photons(phys, p / 1000.0, phys.counts_to_photons(x[k]).numpy())[0] if photons and len(p) \
+                else np.full(len(p), np.nan)
+            cols["frame"].append(np.full(len(p), k + 1, dtype=np.int64))
+            for j, name in enumerate(("x_nm", "y_nm", "z_nm")):
+                cols[name].append(p[:, j])
+            cols["photons"].append(np.asarray(ph, dtype=np.float64))
+            cols["confidence"].append(np.asarray(c, dtype=np.float64))
+        return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # One configuration dict → task, trained and cached (the notebooks' entry point)
 # --------------------------------------------------------------------------------------------------------------
-#: Defaults of :func:`build_task` (CI scale: 48-px training frames, 110 nm × 200 nm voxels, a quarter-width CNN).
+#: Defaults of :func:`build_task` (CI scale: 48-px training frames, 110 nm × 100 nm voxels, a quarter-width CNN).
 TASK_DEFAULTS = dict(
     optics="storm",              # 'storm' (λ 0.67 µm, focus 1.5 µm) or 'telomere' (λ 0.58 µm, focus 4.5 µm)
     z_range_um=None,             # default: the optics' range (0–4 µm or 2–6 µm)
     mask="tetrapod_printed",     # a smlm.MASKS name, 'tetrapod_analytic', 'none' or 'learnable'
     mask_size=65,                # pixels of a learnable mask (zero phase = standard PSF at start, as in the paper)
     learn_mask=False, lr_mask=0.05,
-    train_px=48, upsampling=1, dz_nm=200.0, width=0.25,
+    train_px=48, upsampling=1, dz_nm=100.0, width=0.25,   # 100 nm axial voxels: finer than the 150 nm match radius
     n_emitters=(2, 12), photons=(6000.0, 40000.0), background=(30.0, 200.0), nonuniform=0.0,
-    blur_sigma_px=(0.5, 1.0), read_noise_e=8.0,
+    blur_sigma_px=(0.75, 1.25),  # model-mismatch blur (the release: ≈ 1 px)
+    read_noise_e=8.0, gain=1.0, qe=1.0, baseline_adu=0.0,   # camera: counts = gain·Poisson(qe·photons) + read + baseline
+    norm_photons=None,           # input scale in photons (fixed normalisation); None: mean photons / 300
     batch_size=4, n_val=8, sigma_vox=1.0, overlap="recall", dice_weight=1.0,
-    patch_px=41, fft_px=128,
+    patch_px=81, fft_px=162,     # 81 px hold ≥ 86 % (mean 92 %) of a Tetrapod / learned PSF's light over z; 41 px: 57–75 %
+    val_densities=VAL_DENSITIES,
 )
 
 
@@ -309,15 +468,44 @@ def build_task(**config) -> DeepSTORM3DTask:
     shape = (positive_int(c["train_px"], "train_px", 8),) * 2
     mask = build_mask(c["mask"], mic.na, int(c["mask_size"]))
     physics = PhysicalLayer(mic, shape, mask=mask, patch_px=int(c["patch_px"]), read_noise_e=float(c["read_noise_e"]),
-                            fft_px=int(c["fft_px"]))
+                            fft_px=int(c["fft_px"]), qe=float(c["qe"]), gain=float(c["gain"]),
+                            baseline_adu=float(c["baseline_adu"]))
     grid = VoxelGrid.from_voxel(shape, mic.pixel_um, int(c["upsampling"]), z_range, float(c["dz_nm"]))
     sampler = EmitterSampler(shape, mic.pixel_um, z_range, n_emitters=tuple(int(v) for v in c["n_emitters"]),
                              photons=tuple(c["photons"]), background=tuple(c["background"]),
                              nonuniform=float(c["nonuniform"]), blur_sigma_px=tuple(c["blur_sigma_px"]))
-    cnn = LocalizationCNN(grid.n_z, width=float(c["width"]), upsampling=grid.upsampling)
+    # fixed photometric normalisation (counts of the mean background → 0, norm_photons → 1)
+    ph_lo, ph_hi = sampler.photons
+    norm_ph = float(c["norm_photons"]) if c["norm_photons"] is not None else max(1.0, 0.5 * (ph_lo + ph_hi) / 300.0)
+    adu = physics.gain * physics.qe
+    offset = physics.baseline_adu + adu * 0.5 * (sampler.background[0] + sampler.background[1])
+    cnn = LocalizationCNN(grid.n_z, width=float(c["width"]), upsampling=grid.upsampling, input_offset=offset,
+                          input_scale=adu * positive(norm_ph, "norm_photons"))
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()}
     return DeepSTORM3DTask(physics, cnn, grid, sampler, batch_size=int(c["batch_size"]),
                            learn_mask=bool(c["learn_mask"]), lr_mask=float(c["lr_mask"]), sigma_vox=c["sigma_vox"],
-                           dice_weight=float(c["dice_weight"]), n_val=int(c["n_val"]), overlap=c["overlap"])
+                           dice_weight=float(c["dice_weight"]), n_val=int(c["n_val"]), overlap=c["overlap"],
+                           val_densities=tuple(c["val_densities"]), config=cfg)
+
+
+def load_localizer(checkpoint, device: str = "cpu") -> DeepSTORM3DTask:
+    """A trained DeepSTORM3D localizer rebuilt from its checkpoint alone (a shipped ``data/checkpoints/*.pt``
+    or a run's ``best.pt``): the build configuration stored with it (optics, mask, grid, camera,
+    normalisation) → :func:`build_task`, the weights (a learned mask included) and the calibrated threshold.
+    Use ``task.localize(frames)`` or ``task.localization_table(frames)``."""
+    from refocuslib.io import load_checkpoint
+    ck = load_checkpoint(checkpoint)
+    extra = ck.get("extra") or {}
+    if "config" not in extra:
+        raise ValueError(f"checkpoint: {checkpoint} carries no DeepSTORM3D build configuration (written by an "
+                         "older version); retrain it with python -m refocuslib.train --recipe NAME")
+    config = dict(extra["config"])
+    config["n_val"] = 1  # the validation frames are not needed to localise
+    task = build_task(**config)
+    task.generator.load_state_dict(ck["generator"])
+    task.load_extra_state(extra)
+    task.generator.to(device).eval()
+    return task
 
 
 def train_cached(config: dict, steps: int, lr_g: float, results_dir, name: str, seed: int = 0,
