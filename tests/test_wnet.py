@@ -7,10 +7,12 @@ from refocuslib import dpm
 from refocuslib.datasets.wnet import WNetBeadDataset, WNetBeadSimulator, WNetDataConfig
 from refocuslib.models.blocks import count_parameters
 from refocuslib.models.wnet import CROSS, SingleUNet, WNet, single_unet, wnet, wnet_discriminators
-from refocuslib.tasks.wnet import SingleUNetTask, WNetTask, train_cached
+from refocuslib.evaluate.wnet import (PAPER_TABLE1, beats_verdict, dof_at_thresholds, dof_greater_verdict,
+                                     dof_ratio_verdict, dof_table, effective_dof, evaluate_plane, evaluate_stack,
+                                     localize_beads, ordering_verdict, pooled_jaccard, refocus_images, refocus_scan,
+                                     table1_row_verdict)
+from refocuslib.tasks.wnet import SingleUNetTask, WNetTask, foreground_l1, task_from_params
 from refocuslib.train import TrainConfig, fit
-from refocuslib.wnet_eval import (PAPER_TABLE1, dof_table, effective_dof, evaluate_plane, evaluate_stack,
-                                  localize_beads, refocus_images, refocus_scan)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,101 @@ def test_evaluate_plane_identity_and_a_shifted_bead(sim):
     assert localize_beads(truth, px).shape == (3, 2)
 
 
+def test_localisation_threshold_ignores_bright_border_artefacts(sim):
+    px = sim.pixel_um
+    field = sim.field_from_points([[1.55, 1.55], [2.25, 1.05]], sim.config.photons, (36, 36))
+    truth = sim.scan(field, "confocal", [0.0])[0].numpy()
+    out = 0.01 * truth                               # a dim network output: no bead at 1 % of a bead's peak
+    out[0, 0] = out[-1, 5] = 5.0                     # bright corner / edge pixels
+    assert len(localize_beads(out, px)) == 0
+    bright = truth.copy()
+    bright[0, 0] = bright[1, 35] = 50.0              # edge artefacts do not hide the interior beads
+    assert len(localize_beads(bright, px)) == 2
+    pj = pooled_jaccard(np.stack([bright, np.zeros_like(truth)]), np.stack([truth, truth]), px)
+    assert pj["tp"] == 2 and pj["fn"] == 2 and pj["jaccard"] == pytest.approx(0.5) and pj["n_true"] == 4
+
+
+def test_batch_targets_near_focus_and_range_overrides(sim):
+    b = sim.sample_batch(6, torch.Generator().manual_seed(7), "dh", input_range_um=0.5, target_range_um=0.0)
+    assert (b["z_target_um"] == 0).all() and (b["z_input_um"].abs() <= 0.5).all()
+    with pytest.raises(ValueError, match="input_range_um"):
+        sim.sample_batch(2, torch.Generator(), "dh", input_range_um=9.0)
+    assert WNetDataConfig().crop_px >= 64 and WNetDataConfig().confocal_range_um <= 0.5
+
+
+def _curve(ji, z=None, pearson=None, beads=50):
+    ji = np.asarray(ji, dtype=float)
+    z = np.round(np.linspace(-0.1 * (len(ji) // 2), 0.1 * (len(ji) // 2), len(ji)), 6) if z is None else z
+    tp = np.round(ji * beads)
+    return {"z_um": z, "jaccard": ji, "pearson": np.full(len(ji), 0.5) if pearson is None else pearson,
+            "tp": tp, "fp": np.zeros(len(ji)), "fn": beads - tp}
+
+
+def test_claim_predicates_hold_for_a_good_model_and_fail_for_zero_and_identity():
+    z = np.round(np.arange(-4, 4.001, 0.1), 6)
+    native = np.where(np.abs(z) <= 0.15, 0.9, 0.1)           # DOF 0.3 µm at JI >= 0.726
+    good = np.where(np.abs(z) <= 3.45, 0.85, 0.2)            # DOF 6.9 µm (69 planes)
+    wf = np.where(np.abs(z) <= 1.45, 0.85, 0.0)
+    c = {k: _curve(v, z) for k, v in (("native", native), ("good", good), ("wf", wf))}
+    zero = _curve(np.zeros_like(z), z, pearson=np.full(len(z), np.nan))
+    identity = c["native"]                                   # the input as output: no better than scanning
+    assert dof_ratio_verdict(c["good"], c["native"]).holds is True
+    assert dof_ratio_verdict(zero, c["native"]).holds is False
+    assert dof_ratio_verdict(identity, c["native"]).holds is False
+    assert dof_ratio_verdict(c["good"], _curve(np.zeros_like(z), z)).holds is False   # no native DOF
+    assert dof_greater_verdict(c["good"], c["wf"]).holds is True
+    assert dof_greater_verdict(zero, zero).holds is False and dof_greater_verdict(zero, c["wf"]).holds is False
+    single = _curve(np.where(np.abs(z) <= 2, 0.6, 0.1), z, pearson=np.full(len(z), 0.4))
+    assert beats_verdict(c["good"], single).holds is True
+    assert beats_verdict(zero, single).holds is False
+    assert beats_verdict(c["good"], _curve(good, z, pearson=np.full(len(z), 0.9))).holds is False  # r must win too
+    at3 = _curve(np.where(np.isclose(z, -3.0), 0.2, 0.5), z)
+    assert ordering_verdict([c["good"], at3, zero], -3.0).holds is True
+    assert ordering_verdict([zero, at3, c["native"]], -3.0).holds is False
+    assert ordering_verdict([c["good"], zero, zero], -3.0).holds is False
+    assert ordering_verdict([c["good"], at3], -9.0).holds is None                       # not sampled
+    assert table1_row_verdict(c["good"], 0.726, 6.6).holds is True
+    assert table1_row_verdict(zero, 0.726, 6.6).holds is False
+    assert table1_row_verdict(identity, 0.726, 6.6).holds is False
+    few = _curve(good, z, beads=5)
+    for v in (dof_ratio_verdict(few, c["native"]), beats_verdict(few, single), table1_row_verdict(few, 0.7, 6.6)):
+        assert v.holds is None and v.n_items == 5
+    rows = dof_at_thresholds(z, good, [0.726, 0.653, 0.581])
+    assert [r["dof_um"] for r in rows] == pytest.approx([6.9, 6.9, 6.9])
+
+
+def test_dh_lobe_angle_and_carried_range_on_a_synthetic_stack():
+    from refocuslib.evaluate.wnet import carried_range_um, dh_lobes
+    z = np.round(np.arange(-3, 3.001, 0.5), 6)
+    yy, xx = np.mgrid[:41, :41] - 20.0
+    stack = []
+    for zi in z:
+        a = np.radians(90.0 + 30.0 * zi)
+        dx, dy = 6 * np.cos(a), 6 * np.sin(a)
+        lobes = np.exp(-((xx - dx) ** 2 + (yy - dy) ** 2) / 4) + np.exp(-((xx + dx) ** 2 + (yy + dy) ** 2) / 4)
+        stack.append(lobes * np.exp(-zi ** 2))
+    lb = dh_lobes(np.array(stack), 0.1)
+    expect = (90.0 + 30.0 * z) % 180.0
+    assert np.allclose(lb["angle_deg"], expect, atol=6.0) and np.allclose(lb["separation_um"], 1.2, atol=0.15)
+    assert lb["peak_rel"].max() == pytest.approx(1.0)
+    half = np.sqrt(np.log(10.0))                     # exp(-z²) = 0.1
+    assert carried_range_um(z, lb["peak_rel"], 0.1) == pytest.approx(half, abs=0.1)
+    assert carried_range_um(z, np.zeros_like(z) + 0.01, 0.1) == 0.0
+
+
+def test_zero_output_fails_on_simulated_images(sim):
+    gen = torch.Generator().manual_seed(2)
+    fields = [sim.random_field(gen, (48, 48), beads_per_um2=1.0) for _ in range(2)]
+    truth = np.stack([sim.scan(f, "confocal", [0.0])[0].numpy() for f in fields])
+    z = sim.z_um["wf"]
+    scanned = np.stack([sim.scan(f, "wf", z).numpy() for f in fields], 1)
+    native = evaluate_stack(scanned, truth, z, sim.pixel_um)
+    zero = evaluate_stack(np.zeros_like(scanned), truth, z, sim.pixel_um)
+    assert native["jaccard"][len(z) // 2] > 0.8 and np.all(zero["jaccard"] == 0)
+    assert dof_ratio_verdict(zero, native, min_beads=5).holds is False
+    assert table1_row_verdict(zero, 0.726, 6.6, min_beads=5).holds is False
+
+
 def test_dof_table_on_a_synthetic_ji_curve():
     z = np.round(np.arange(-10, 10.01, 0.1), 6)
     ji = 0.9 * np.exp(-(z / 5.0) ** 4)
@@ -162,43 +259,58 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_short_cpu_training_lowers_the_losses(sim, tmp_path, one_thread):
-    task = WNetTask(sim, "dh", width=0.125, levels=2, disc_blocks=2, batch_size=4, n_val=8)
+def test_short_cpu_training_lowers_the_losses_and_validates_by_jaccard(sim, tmp_path, one_thread):
+    task = WNetTask(sim, "dh", width=0.125, levels=2, gan=True, disc_blocks=2, batch_size=4, n_val=8,
+                    val_range_um=1.0)
     res = fit(task, TrainConfig(steps=40, out_dir=str(tmp_path / "w"), lr_g=3e-3, lr_d=3e-4, val_every=20,
                                 log_every=10, progress=False))
-    vals = [v["val_loss"] for v in res.validation]
-    assert vals[-1] < 0.7 * vals[0], vals
+    v = res.validation[-1]
+    assert v["val_loss"] == pytest.approx(1.0 - v["val_ji"]) and 0.0 <= v["val_ji"] <= 1.0
+    assert v["val_ji_zero"] == 0.0 and 0.0 <= v["val_ji_identity"] < 1.0 and v["val_beads"] > 0
     assert res.validation[-1]["val_mae_r"] < 0.7 * res.validation[0]["val_mae_r"]
     first, last = res.history[0], res.history[-1]
     assert last["loss_r"] < first["loss_r"] and last["loss_c"] < first["loss_c"]
-    single = SingleUNetTask(sim, "dh", width=0.125, levels=2, disc_blocks=2, batch_size=4, n_val=8)
-    res1 = fit(single, TrainConfig(steps=40, out_dir=str(tmp_path / "s"), lr_g=3e-3, lr_d=3e-4, val_every=20,
-                                   progress=False))
-    assert res1.validation[-1]["val_loss"] < 0.7 * res1.validation[0]["val_loss"]
+    # validation: inputs near focus refocused to the bead plane
+    assert (task.val_batch["z_target_um"] == 0).all() and (task.val_batch["z_input_um"].abs() <= 1.0).all()
+    single = SingleUNetTask(sim, "dh", width=0.125, levels=2, gan=False, batch_size=4, n_val=8, val_range_um=1.0)
+    assert single.discriminator is None
+    res1 = fit(single, TrainConfig(steps=40, out_dir=str(tmp_path / "s"), lr_g=3e-3, val_every=20,
+                                   log_every=10, progress=False))
+    assert res1.validation[-1]["val_mae"] < res1.validation[0]["val_mae"]
     # refocusing a plane with the trained model; a DPM beyond the trained range warns
     imgs = sim.scan(sim.random_field(torch.Generator().manual_seed(0), (20, 20)), "dh", [1.0, -1.0]).numpy()
     out = refocus_images(task.generator, imgs, [-1.0, 1.0], task.trained_dpm_range_um)
     assert out.shape == (2, 2, 20, 20) and np.isfinite(out).all()
     with pytest.warns(dpm.DPMRangeWarning):
         refocus_images(task.generator, imgs, 9.0, task.trained_dpm_range_um)
+    scan = np.stack([imgs, imgs], 1)             # (Z=2, F=2, H, W)
+    assert refocus_scan(single, scan, [1.0, -1.0]).shape == (2, 2, 1, 20, 20)
 
 
-def test_train_cached_reuses_a_finished_run_and_refocus_scan_shapes(sim, tmp_path, one_thread):
-    kw = dict(steps=4, width=0.0625, levels=2, disc_blocks=2, batch_size=2, alpha=0.02, lr_g=1e-3, lr_d=1e-4)
-    results_dir = tmp_path / "ci" / "30_wnet_dhpsf"
-    task, res, _ = train_cached(sim, "single", "dh", results_dir, **kw)
-    assert res.resumed_from == 0 and res.last_step == 4
-    again, res2, _ = train_cached(sim, "single", "dh", results_dir, **kw)
-    assert res2.resumed_from == 4                  # loaded, not retrained
-    for a, b in zip(task.generator.state_dict().values(), again.generator.state_dict().values()):
-        assert torch.equal(a, b)
-    assert len(list((tmp_path / "ci" / "checkpoints").iterdir())) == 1
-    scan = np.stack([sim.scan(sim.random_field(torch.Generator().manual_seed(1), (16, 16)), "dh", [0.5, -0.5])
-                     .numpy()] * 2, 1)             # (Z=2, F=2, H, W)
-    out = refocus_scan(task, scan, [0.5, -0.5])
-    assert out.shape == (2, 2, 1, 16, 16) and np.isfinite(out).all()
+def test_foreground_l1_does_not_reward_an_all_dark_output():
+    target = torch.zeros(1, 1, 32, 32)
+    target[0, 0, 10, 10] = target[0, 0, 20, 5] = 1.0
+    dark, blurred = torch.zeros_like(target), torch.full_like(target, 0.0)
+    blurred[0, 0, 9:12, 9:12] = blurred[0, 0, 19:22, 4:7] = 0.5
+    from refocuslib.losses import mae
+    assert mae(dark, target) < mae(blurred, target)                       # plain L1 prefers darkness
+    assert foreground_l1(dark, target, 20.0) > foreground_l1(blurred, target, 20.0)
+    assert foreground_l1(dark, target, 0.0) == pytest.approx(float(mae(dark, target)))
+
+
+def test_recipes_build_the_three_models():
+    from refocuslib import recipes
+    tasks = {n: recipes.recipe(n) for n in ("wnet_dh", "wnet_wf", "wnet_single_dh")}
+    assert {r["params"]["input_modality"] for r in tasks.values()} == {"dh", "wf"}
+    assert all(r["params"]["data"]["crop_px"] >= 64 for r in tasks.values())
+    t = task_from_params(kind="single", input_modality="wf", data={"dh_range_um": 1.0, "wf_range_um": 1.0,
+                         "confocal_range_um": 0.3, "z_step_um": 0.5, "psf_px": 33, "crop_px": 16},
+                         width=0.0625, levels=2, gan=False, n_val=2, val_range_um=1.0)
+    assert isinstance(t, SingleUNetTask) and t.input_modality == "wf"
     with pytest.raises(ValueError, match="kind"):
-        train_cached(sim, "triple", "dh", results_dir, **kw)
+        task_from_params(kind="triple")
+    with pytest.raises(ValueError, match="data"):
+        task_from_params(data={"pixels": 3})
 
 
 # ------------------------------------------------------------------------------------------------- bad input
@@ -218,7 +330,11 @@ def test_train_cached_reuses_a_finished_run_and_refocus_scan_shapes(sim, tmp_pat
     (lambda: effective_dof([0, 2, 1], [1, 1, 1], 0.5), "z_um"),
     (lambda: effective_dof([0, 1, 2], [1, 1, 1], 0.5, method="cubic"), "method"),
     (lambda: evaluate_plane(np.zeros((8, 8)), np.zeros((8, 9)), 0.1), "output"),
-    (lambda: localize_beads(np.random.rand(8, 8), 0.1, threshold_rel=1.5), "threshold_rel"),
+    (lambda: localize_beads(np.random.rand(8, 8), 0.1, threshold=-1.0), "threshold"),
+    (lambda: localize_beads(np.random.rand(8, 8), 0.1, border_px=4), "border_px"),
+    (lambda: dof_at_thresholds([0, 1, 2], [1, 1, 1], ()), "thresholds"),
+    (lambda: ordering_verdict([_curve(np.ones(3))]), "curves"),
+    (lambda: table1_row_verdict(_curve(np.ones(3)), 0.7, -1.0), "paper_dof_um"),
     (lambda: refocus_images(WNet(0.0625, 2), np.zeros((2, 8, 8)), [1.0, 2.0, 3.0]), "dpm_um"),
     (lambda: refocus_scan(None, np.zeros((2, 8, 8)), [0.0, 1.0]), "scan"),
 ])

@@ -3,11 +3,11 @@
 One bead layer (the sample plane, z = 0) is imaged three ways, as in the paper:
 
 * ``'dh'`` — wide-field with the double-helix phase mask :func:`refocuslib.optics.double_helix_mask` in the pupil
-  (the W-Net input; training input planes within ±``dh_range_um`` = ±8 µm);
+  (the W-Net input; training input planes within ±``dh_range_um``, paper ±8 µm, default ±4 µm);
 * ``'wf'`` — the same field without the mask (wide-field input of the comparison W-Net, ±``wf_range_um`` = ±4 µm;
   also the "scanned wide-field" reference of Fig. 2);
 * ``'confocal'`` — a 1-Airy-unit point-scanning confocal stack, the ground truth (targets within
-  ±``confocal_range_um`` = ±2 µm).
+  ±``confocal_range_um``, paper ±2 µm, default ±0.3 µm where the confocal image has signal).
 
 An image focused at plane ``z`` (µm, the focal plane relative to the bead layer) is the bead map convolved with
 the PSF of defocus −z, so one PSF stack per modality, computed once, renders every image exactly by FFT
@@ -51,6 +51,10 @@ class WNetDataConfig:
     """Parameters of the simulated W-Net bead experiment (lengths in µm, intensities in photons).
 
     Paper (Yang et al. 2021): 63×/1.4 NA oil, DH input range ±8 µm, wide-field ±4 µm, confocal targets ±2 µm.
+    Defaults here: an 8-ring DH mask (its peak stays ≥ 10 % of the in-focus peak over ±4 µm; the 4-ring mask's
+    only over ±2 µm) trained over ±4 µm, the range it carries; confocal targets within ±0.3 µm, where a 1-AU
+    confocal image of a bead has signal (beyond, the targets are black and teach the network darkness);
+    64-px crops (the DH light of a bead 3 µm out of focus spreads over ±3 µm).
     ``z_step_um``: axial sampling of the PSF stacks; training planes are drawn on this grid.
     ``psf_px`` (odd): lateral size of the PSF kernels; ``crop_px``: training patch size.
     ``beads_per_um2``: bead density (Poisson, uniform positions: close pairs occur as on a real slide).
@@ -61,15 +65,15 @@ class WNetDataConfig:
     G_R's target is then rescaled the same way).
     """
     microscope: Microscope = OIL_63X
-    dh_rings: int = 4
+    dh_rings: int = 8
     excitation_um: float = 0.488
     pinhole_au: float = 1.0
-    dh_range_um: float = 8.0
+    dh_range_um: float = 4.0
     wf_range_um: float = 4.0
-    confocal_range_um: float = 2.0
+    confocal_range_um: float = 0.3
     z_step_um: float = 0.1
     psf_px: int = 97
-    crop_px: int = 48
+    crop_px: int = 64
     beads_per_um2: float = 0.3
     photons: float = 2.0e4
     photons_spread: float = 0.3
@@ -297,7 +301,8 @@ class WNetBeadSimulator:
         return self.acquire(photons, modality, generator)
 
     def sample_batch(self, batch_size: int, generator: torch.Generator, input_modality: str = "dh",
-                     crop_px: Optional[int] = None) -> Dict[str, torch.Tensor]:
+                     crop_px: Optional[int] = None, input_range_um: Optional[float] = None,
+                     target_range_um: Optional[float] = None) -> Dict[str, torch.Tensor]:
         """One training batch drawn only from ``generator``.
 
         Keys: ``input`` (B, 1, H, W) noisy ``input_modality`` image at a random plane within the input range
@@ -305,7 +310,8 @@ class WNetBeadSimulator:
         ``dpm`` (B, 1, H, W) = (z_target − z_input)/10 (network scale); ``target_r`` the same modality,
         noise-free, at the target plane, normalised like the input (G_R's target); ``target_c`` the confocal
         image at the target plane in units of an in-focus bead's peak (G_C's target); ``z_input_um``,
-        ``z_target_um`` (B,).
+        ``z_target_um`` (B,). ``input_range_um``/``target_range_um`` override the configured ranges (e.g. the
+        validation set: inputs near focus, target the bead plane, ``target_range_um=0``).
         """
         b = positive_int(batch_size, "batch_size")
         if not isinstance(generator, torch.Generator):
@@ -313,7 +319,10 @@ class WNetBeadSimulator:
         _check_modality(input_modality, INPUT_MODALITIES, "input_modality")
         n = positive_int(crop_px or self.config.crop_px, "crop_px", minimum=4)
         step = self.config.z_step_um
-        r_in, r_t = self.config.input_range_um(input_modality), self.config.confocal_range_um
+        r_in = self.config.input_range_um(input_modality) if input_range_um is None else in_range(
+            input_range_um, "input_range_um", 0.0, self.config.input_range_um(input_modality))
+        r_t = self.config.confocal_range_um if target_range_um is None else in_range(
+            target_range_um, "target_range_um", 0.0, self.config.confocal_range_um)
         u = torch.rand(b, 2, generator=generator, dtype=torch.float64).numpy()
         z_in = np.round(((2 * u[:, 0] - 1) * r_in) / step) * step
         z_t = np.round(((2 * u[:, 1] - 1) * r_t) / step) * step
