@@ -13,6 +13,7 @@ from refocuslib.dpm import DPMRangeWarning
 from refocuslib.models.blocks import count_parameters
 from refocuslib.models.recurrent_mz import ConvGRUCell, RecurrentMZ, encoder_channels
 from refocuslib.models.unet3d import UNet3D
+from refocuslib.evaluate import recurrent_mz as ev_rmz
 from refocuslib.tasks import recurrent_mz as rmz
 
 TINY = dict(kind="nuclei", shape_yx=(32, 32), n_planes=7, z_step_um=0.5, input_spacing_um=1.0, n_inputs=3,
@@ -221,45 +222,203 @@ def test_plane_metrics_against_the_metrics_module():
     rng = np.random.default_rng(0)
     t = rng.random((3, 16, 16))
     p = t + 0.05 * rng.standard_normal(t.shape)
-    m = rmz.plane_metrics(p, t)
+    m = ev_rmz.plane_metrics(p, t)
     rng_t = t.max() - t.min()
     assert np.allclose(m["rmse"], [metrics.rmse(a, b) for a, b in zip(p, t)])
     assert np.allclose(m["psnr"], [metrics.psnr(a, b, data_range=rng_t) for a, b in zip(p, t)])
     assert np.allclose(m["nrmse"], m["rmse"] / rng_t)
+    assert np.allclose(m["ssim"], [metrics.ssim(a, b, data_range=rng_t) for a, b in zip(p, t)])
+    fg = ev_rmz.foreground_mask(t)
+    k = int(np.argmax(fg.sum((1, 2))))
+    assert np.isclose(m["fg_nrmse"][k], np.sqrt(np.mean((p[k][fg[k]] - t[k][fg[k]]) ** 2)) / rng_t)
+    assert np.allclose(ev_rmz.plane_metrics(t, t)["ssim"], 1.0)
 
 
 # ------------------------------------------------------------------------------------------- training
-def test_short_cpu_training_lowers_the_loss_and_is_cached(tmp_path):
-    spec = VolumeSpec(**TINY)
-    train = {"recurrent_mz": dict(width=0.25, levels=2, batch_size=4, crop_px=16, n_inputs=[2, 3],
-                                  jitter_planes=1, adv_weight=0.5, disc_channels=[8, 16], steps=40, lr_g=3e-3,
-                                  lr_d=1e-3, val_every=20),
-             "deepz": dict(width=0.125, levels=2, disc_blocks=2, batch_size=4, crop_px=16, steps=4, val_every=2),
-             "unet3d": dict(width=0.125, levels=2, batch_size=2, crop_px=16, steps=4, val_every=2)}
-    nets = rmz.train_models(spec, train, tmp_path, n_train=3, n_val=1)
-    vals = [v["val_loss"] for v in nets.results["recurrent_mz"].validation]
-    assert vals[-1] < 0.7 * vals[0]
-    assert {"recurrent_mz", "deepz", "unet3d"} == set(nets.models)
-    # a second call with the same settings loads the finished runs instead of training
-    again = rmz.train_models(spec, train, tmp_path, n_train=3, n_val=1)
-    for m in nets.models:
-        assert again.results[m].resumed_from == again.results[m].last_step == train[m]["steps"]
-        for a, b in zip(nets.models[m].state_dict().values(), again.models[m].state_dict().values()):
-            assert torch.equal(a, b)
-    # other settings → another cache entry
-    other = rmz.train_models(spec, {"deepz": {**train["deepz"], "steps": 2}}, tmp_path, methods=("deepz",),
-                             n_train=3, n_val=1)
-    assert other.dirs["deepz"] != nets.dirs["deepz"] and other.results["deepz"].resumed_from == 0
+def _tiny_params(**kw):
+    return {"data": dict(TINY), "n_train_volumes": 3, "n_val_volumes": 1, **kw}
 
-    test = simulate_volumes(spec, 1, seed=50)
-    ev = rmz.evaluate_methods(nets, test)
-    assert set(ev["metrics"]) == set(rmz.METHODS)
+
+def test_norms_are_batch_independent_where_asked():
+    torch.manual_seed(0)
+    x, d = torch.rand(4, 2, 16, 16), torch.rand(4, 2, 16, 16)
+    for norm in ("group", "none"):
+        net = RecurrentMZ(width=0.25, levels=2, norm=norm).train()
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        assert torch.allclose(net(x, d)[:1], net(x[:1], d[:1]), atol=1e-5)   # sample 0 ignores the others
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in RecurrentMZ(width=0.25, levels=2).modules())
+    u = UNet3D(3, 5, width=0.125, levels=2, norm="none")
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in u.modules())
+    with pytest.raises(ValueError, match="norm"):
+        RecurrentMZ(width=0.25, levels=2, norm="layer")
+
+
+def test_input_skip_passes_inputs_through_and_stays_order_free():
+    net = RecurrentMZ(width=0.25, levels=2, norm="none", input_skip=True).eval()
+    with torch.no_grad():
+        for p in net.head.parameters():
+            p.zero_()   # the network's own correction off: only the DPM-weighted input mean is left
+        x = torch.rand(1, 3, 16, 16)
+        d = torch.tensor([0.0, 1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 16, 16)
+        out = net(x, d)
+        assert torch.allclose(out[:, 0], x[:, 0], atol=1e-3)           # DPM 0 → the input itself
+        p = [2, 0, 1]
+        assert torch.allclose(net(x[:, p], d[:, p]), out, atol=1e-6)
+
+
+def test_recipe_tasks_train_validate_and_evaluate(tmp_path):
+    """The three TASKS factories train a few steps; validation reports the zero and baseline scores; the
+    evaluation layer runs every method on a test volume."""
+    from refocuslib.train import TASKS, TrainConfig, fit, resolve_task_factory
+    tasks = {"recurrent_mz": _tiny_params(width=0.25, levels=2, norm="none", batch_size=4, crop_px=16,
+                                          n_inputs=[2, 3], adv_weight=0.5, disc_channels=[8, 16], n_val=4),
+             "deepz_volume": _tiny_params(width=0.125, levels=2, gan=False, batch_size=4, crop_px=16, n_val=4),
+             "unet3d": _tiny_params(width=0.125, levels=2, norm="none", batch_size=2, crop_px=16, n_val=2)}
+    models = {}
+    for name, params in tasks.items():
+        assert name in TASKS
+        task = resolve_task_factory(name)(**params)
+        steps = 40 if name == "recurrent_mz" else 4
+        res = fit(task, TrainConfig(steps=steps, out_dir=str(tmp_path / name), lr_g=3e-3, val_every=steps // 2,
+                                    progress=False))
+        v = res.validation[-1]
+        assert {"val_loss", "val_loss_zero"} <= set(v) and math.isfinite(v["val_loss"])
+        assert any(k.startswith("val_psnr_") for k in v)
+        models[{"deepz_volume": "deepz"}.get(name, name)] = task
+        if name == "recurrent_mz":
+            assert res.validation[-1]["val_loss"] < res.validation[0]["val_loss"]
+    assert (models["recurrent_mz"].discriminator is not None) and models["deepz"].discriminator is None
+    test = simulate_volumes(VolumeSpec(**TINY), 1, seed=50)
+    ev = ev_rmz.evaluate_methods(models, test)
+    assert set(ev["metrics"]) == set(ev_rmz.METHODS)
     for d in ev["metrics"].values():
-        assert d["psnr"].shape == (1, spec.n_planes)
-    perm = rmz.permutation_rmse(nets, test, "recurrent_mz")
+        assert d["psnr"].shape == d["ssim"].shape == (1, TINY["n_planes"])
+    pv = ev_rmz.per_volume(ev, "ssim")
+    assert set(pv) == set(ev_rmz.METHODS) and all(v.shape == (1,) for v in pv.values())
+    perm = ev_rmz.permutation_rmse(models, test, "recurrent_mz")
     assert perm.shape == (6, 1) and np.all(np.isfinite(perm))
-    assert np.allclose(rmz.permutation_rmse(nets, test, "interpolation"),
-                       rmz.permutation_rmse(nets, test, "interpolation")[0])  # interpolation ignores order
+    interp = ev_rmz.permutation_rmse(models, test, "interpolation")
+    assert np.allclose(interp, interp[0])  # interpolation ignores order
+
+
+# ---------------------------------------------------------------------------------------- claim predicates
+def _scores(n=6, seed=0):
+    """Per-volume PSNR/SSIM of a method that beats three baselines by a clear margin, plus noise."""
+    rng = np.random.default_rng(seed)
+    base = {"interpolation": 24.0, "deepz": 23.0, "unet3d": 22.0, "recurrent_mz": 26.0}
+    psnr = {m: v + 0.2 * rng.standard_normal(n) for m, v in base.items()}
+    ssim = {m: v / 40 + 0.005 * rng.standard_normal(n) for m, v in base.items()}
+    return psnr, ssim
+
+
+def test_beats_baselines_claim_holds_fails_and_needs_volumes():
+    psnr, ssim = _scores()
+    assert ev_rmz.beats_baselines_claim(psnr, ssim).holds is True
+    zero = {**psnr, "recurrent_mz": np.full(6, 12.0)}      # an all-dark output: PSNR far below
+    assert ev_rmz.beats_baselines_claim(zero, {**ssim, "recurrent_mz": np.zeros(6)}).holds is False
+    ident = {**psnr, "recurrent_mz": psnr["interpolation"]}  # the interpolation itself does not beat it
+    assert ev_rmz.beats_baselines_claim(ident, {**ssim, "recurrent_mz": ssim["interpolation"]}).holds is False
+    only_psnr = {**ssim, "recurrent_mz": ssim["interpolation"] - 0.01}   # PSNR alone is not enough
+    assert ev_rmz.beats_baselines_claim(psnr, only_psnr).holds is False
+    few = ev_rmz.beats_baselines_claim({m: v[:2] for m, v in psnr.items()}, {m: v[:2] for m, v in ssim.items()})
+    assert few.holds is None and few.n_items == 2
+
+
+def test_input_planes_claim():
+    deepz = np.full(5, 32.0)
+    assert ev_rmz.input_planes_claim(deepz - 0.5, deepz).holds is True
+    assert ev_rmz.input_planes_claim(deepz - 2.0, deepz).holds is False
+    assert ev_rmz.input_planes_claim(np.full(5, 12.0), deepz).holds is False   # zero output
+    assert ev_rmz.input_planes_claim(deepz[:2], deepz[:2]).holds is None
+
+
+def _bead_volume(xyz_um, shape=(17, 48, 48), px=0.1, dz=0.25, sx=0.09, sz=0.3, shift_z=0.0):
+    z, y, x = np.meshgrid(np.arange(shape[0]) * dz, np.arange(shape[1]) * px, np.arange(shape[2]) * px,
+                          indexing="ij")
+    v = np.zeros(shape)
+    for bx, by, bz in xyz_um:
+        v += np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * sx ** 2) - (z - bz - shift_z) ** 2 / (2 * sz ** 2))
+    return v
+
+
+def test_bead_fwhm_at_truth_recovers_the_widths_and_fails_on_zero():
+    rng = np.random.default_rng(1)
+    xyz = np.column_stack([rng.uniform(0.8, 4.0, 12), rng.uniform(0.8, 4.0, 12), rng.uniform(1.0, 3.0, 12)])
+    xyz = xyz[np.argsort(xyz[:, 0])]
+    keep = [0]
+    for k in range(1, len(xyz)):   # isolated beads only
+        if np.min(np.hypot(*(xyz[keep, :2] - xyz[k, :2]).T)) > 0.6:
+            keep.append(k)
+    xyz = xyz[keep]
+    vol = _bead_volume(xyz)
+    r = ev_rmz.bead_fwhm_at_truth(vol, xyz, 0.1, 0.25)
+    c = 2 * np.sqrt(2 * np.log(2))
+    assert r["lateral_ok"].all() and r["axial_ok"].all()
+    assert np.allclose(r["lateral_um"], c * 0.09, rtol=0.05) and np.allclose(r["axial_um"], c * 0.3, rtol=0.1)
+    z = ev_rmz.bead_fwhm_at_truth(np.zeros_like(vol), xyz, 0.1, 0.25)
+    assert not z["lateral_ok"].any() and not z["axial_ok"].any()
+    # a bead displaced 1.5 µm in z is not "found" at its true position
+    off = ev_rmz.bead_fwhm_at_truth(_bead_volume(xyz, shift_z=1.5), xyz, 0.1, 0.25)
+    assert off["axial_ok"].mean() < 0.5
+    edges = np.linspace(0.1, 1.5, 15)
+    assert ev_rmz.fwhm_kl(r["lateral_um"], r["lateral_ok"], r["lateral_um"], r["lateral_ok"], edges) < 1e-9
+    kl_zero = ev_rmz.fwhm_kl(z["lateral_um"], z["lateral_ok"], r["lateral_um"], r["lateral_ok"], edges)
+    assert kl_zero > 1.0   # every failed fit lands in the failure bin
+    boot = ev_rmz.fwhm_kl_bootstrap(z["lateral_um"], z["lateral_ok"], r["lateral_um"], r["lateral_ok"], edges,
+                                    n_boot=20)
+    assert boot.shape == (20,) and np.all(boot > 1.0)
+
+
+def test_fwhm_kl_claim():
+    good = {"lateral": 0.2, "axial": 0.3}
+    bad = {"lateral": 1.0, "axial": 2.0}
+    assert ev_rmz.fwhm_kl_claim({"recurrent_mz": good, "interpolation": bad}, 40).holds is True
+    assert ev_rmz.fwhm_kl_claim({"recurrent_mz": {"lateral": 0.2, "axial": 3.0}, "interpolation": bad},
+                                40).holds is False     # both axes must be closer
+    assert ev_rmz.fwhm_kl_claim({"recurrent_mz": bad, "interpolation": bad}, 40).holds is False   # identity
+    assert ev_rmz.fwhm_kl_claim({"recurrent_mz": good, "interpolation": bad}, 10).holds is None
+    assert ev_rmz.fwhm_kl_claim({"recurrent_mz": good, "interpolation": bad}, 40,
+                                kl_diff_se={"lateral": 1.0, "axial": 0.1}).holds is False   # within its error
+    nan = {"lateral": float("nan"), "axial": 0.1}
+    assert ev_rmz.fwhm_kl_claim({"recurrent_mz": nan, "interpolation": bad}, 40).holds is None
+
+
+def test_nonuniform_and_repetition_claims():
+    rng = np.random.default_rng(2)
+    a = 25 + 0.1 * rng.standard_normal(8)
+    assert ev_rmz.nonuniform_claim(a + 1.0, a).holds is True
+    assert ev_rmz.nonuniform_claim(a, a).holds is False
+    assert ev_rmz.nonuniform_claim(np.full(8, 12.0), a).holds is False
+    r = 0.05 + 0.001 * rng.standard_normal(6)
+    assert ev_rmz.repetition_claim(r, r + 0.02).holds is True
+    assert ev_rmz.repetition_claim(r, r).holds is False                       # constant/zero output: no gain
+    assert ev_rmz.repeated_like_deepz_claim(r + 0.02, r + 0.02, r).holds is True
+    zero = np.full(6, 0.3)
+    assert ev_rmz.repeated_like_deepz_claim(zero, r + 0.02, zero).holds is False
+
+
+def test_permutation_and_dpm_noise_claims():
+    rng = np.random.default_rng(3)
+    rmz_r = 0.05 + 0.0005 * rng.standard_normal((6, 4))
+    unet_r = 0.05 + 0.02 * rng.random((6, 4))
+    interp = np.full(4, 0.08)
+    assert ev_rmz.permutation_claim(rmz_r, unet_r, interp).holds is True
+    zero = np.full((6, 4), 0.3)            # an all-dark output is perfectly order invariant — and useless
+    assert ev_rmz.permutation_claim(zero, unet_r, interp).holds is False
+    assert ev_rmz.permutation_claim(unet_r, unet_r, interp).holds is False
+    noise = {0.0: np.full(12, 0.05), 0.5: np.full(12, 0.052), 1.0: np.full(12, 0.058)}
+    assert ev_rmz.dpm_noise_claim(noise, interp).holds is True
+    assert ev_rmz.dpm_noise_claim({0.0: np.full(12, 0.3), 1.0: np.full(12, 0.3)}, interp).holds is False   # zero
+    assert ev_rmz.dpm_noise_claim({0.0: np.full(12, 0.05), 1.0: np.full(12, 0.2)}, interp).holds is False  # collapse
+    assert ev_rmz.dpm_noise_claim({0.0: np.full(2, 0.05), 1.0: np.full(2, 0.06)}, interp).holds is None
+
+
+def test_dof_extension():
+    from refocuslib.optics import OIL_63X
+    z = np.arange(17) * 0.5
+    d = ev_rmz.dof_extension(z, np.full(17, 30.0), 25.0, OIL_63X)
+    assert np.isclose(d["dof_um"], 0.52 * 1.518 / 1.96) and np.isclose(d["extent_um"], 8.5)
+    assert ev_rmz.dof_extension(z, np.full(17, 10.0), 25.0, OIL_63X)["extension"] == 0
 
 
 def test_bench_runs_small():

@@ -12,8 +12,10 @@ images, |Z| DPM sets). Any M ≥ 1 inputs in any order use the same parameters.
 Architecture (paper Methods, Eq. 1–6; widths scaled by ``width``, 1.0 = paper):
 
 * encoder block k (Eq. 1), shared by the M inputs: x_k = MaxPool(ReLU(BN(Conv(ReLU(BN(Conv(x_{k−1}))))))) with
-  20·2^(k−2) / 20·2^(k−1) channels (:class:`~refocuslib.models.blocks.DoubleConv`, ``norm='batch'``); the
-  features before pooling, f_k^(1…M), feed the recurrent block of scale k;
+  20·2^(k−2) / 20·2^(k−1) channels (:class:`~refocuslib.models.blocks.DoubleConv`); the features before
+  pooling, f_k^(1…M), feed the recurrent block of scale k. ``norm`` (:func:`swap_norm`): 'batch' (the paper's
+  BN), 'group' (GroupNorm, per sample) or 'none' — the CPU recipes use 'none': at batch 8 of 32² crops, mostly
+  dark, BN's batch statistics are noisy and differ between training and inference;
 * recurrent block k (Eq. 2): a ConvGRU (Eq. 4–6, :class:`ConvGRUCell`) reads f_k^(1), …, f_k^(M) in the
   given order; our reading of Eq. 2 is a residual block s_k = mean_i f_k^(i) + Conv(h_M), so that the
   parameter count does not depend on M;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +38,26 @@ from refocuslib.models.blocks import DoubleConv, UpBlock, scaled
 
 Tensor = torch.Tensor
 
-__all__ = ["ConvGRUCell", "RecurrentMZ", "encoder_channels"]
+__all__ = ["ConvGRUCell", "RecurrentMZ", "encoder_channels", "swap_norm", "NORMS"]
+
+NORMS = ("batch", "group", "none")
+
+
+def swap_norm(module: nn.Module, norm: str) -> nn.Module:
+    """Replace every ``BatchNorm2d/3d`` of ``module`` in place: 'batch' keeps them, 'group' puts a GroupNorm
+    (≤ 4 groups, statistics of each sample alone) in their place, 'none' an identity. Returns ``module``."""
+    if norm not in NORMS:
+        raise ValueError(f"norm: one of {NORMS}, got {norm!r}")
+    if norm == "batch":
+        return module
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            c = child.num_features
+            g = next(k for k in (4, 2, 1) if c % k == 0)
+            setattr(module, name, nn.GroupNorm(g, c) if norm == "group" else nn.Identity())
+        else:
+            swap_norm(child, norm)
+    return module
 
 
 def encoder_channels(levels: int = 4, width: float = 1.0) -> list:
@@ -76,11 +98,14 @@ class RecurrentMZ(nn.Module):
     """Recurrent-MZ generator (see the module docstring for the interface and equations).
 
     ``width`` scales every channel count (1.0: encoder 10/20, 20/40, 40/80, 80/160 for ``levels=4``);
-    ``levels`` encoder blocks (2 … 6). Inputs whose size is not a multiple of 2^(levels−1) are padded by
+    ``levels`` encoder blocks (2 … 6); ``norm`` 'batch' | 'group' | 'none' (:func:`swap_norm`).
+    ``input_skip`` (not in the paper; CPU recipes): adds Σ_i w_i·image_i, w_i = softmax_i(−|DPM_i|/τ) with a
+    learnt τ, so the network learns a correction to a DPM-weighted mean of its inputs (order-free, any M). Inputs whose size is not a multiple of 2^(levels−1) are padded by
     reflection and cropped back.
     """
 
-    def __init__(self, width: float = 1.0, levels: int = 4, out_channels: int = 1):
+    def __init__(self, width: float = 1.0, levels: int = 4, out_channels: int = 1, norm: str = "batch",
+                 input_skip: bool = False):
         super().__init__()
         levels = positive_int(levels, "levels", minimum=2)
         if levels > 6:
@@ -101,6 +126,11 @@ class RecurrentMZ(nn.Module):
                                upsample="nearest"))
         self.decoder = nn.ModuleList(ups)
         self.head = nn.Conv2d(chans[0][1], out_channels, 1)
+        self.norm = norm
+        swap_norm(self, norm)
+        self.input_skip = bool(input_skip)
+        if self.input_skip:  # log temperature of the DPM-weighted mean of the inputs (network units, DPM/10)
+            self.skip_log_tau = nn.Parameter(torch.tensor(float(np.log(0.1))))
 
     @staticmethod
     def _check(images: Tensor, dpms: Tensor):
@@ -134,7 +164,12 @@ class RecurrentMZ(nn.Module):
         y = skips.pop()
         for up in self.decoder:                              # Eq. 3
             y = up(y, skips.pop())
-        return self.head(y)[..., :h, :w]
+        out = self.head(y)[..., :h, :w]
+        if self.input_skip:
+            # w_i ∝ exp(−|DPM_i|/τ): a permutation-invariant, any-M pass-through of the nearest inputs
+            wgt = torch.softmax(-dpms.abs().to(images.dtype) / self.skip_log_tau.exp(), dim=1)
+            out = out + (wgt * images).sum(1, keepdim=True)
+        return out
 
     @torch.no_grad()
     def volume(self, images: Tensor, dpms: Tensor, batch_planes: int = 16) -> Tensor:

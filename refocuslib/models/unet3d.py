@@ -30,11 +30,12 @@ class _DoubleConv3d(nn.Sequential):
 class UNet3D(nn.Module):
     """3D U-Net: ``n_inputs`` planes as channels → ``n_outputs`` planes.
 
-    ``width`` scales the channels ``base_channels``·2^k of the ``levels`` levels (width 1: 32, 64, 128, ...).
+    ``width`` scales the channels ``base_channels``·2^k of the ``levels`` levels (width 1: 32, 64, 128, ...);
+    ``norm`` 'batch' (default), 'group' or 'none' (:func:`refocuslib.models.recurrent_mz.swap_norm`).
     """
 
     def __init__(self, n_inputs: int, n_outputs: int, width: float = 1.0, levels: int = 3,
-                 base_channels: int = 32):
+                 base_channels: int = 32, norm: str = "batch"):
         super().__init__()
         self.n_inputs = positive_int(n_inputs, "n_inputs")
         self.n_outputs = positive_int(n_outputs, "n_outputs")
@@ -49,6 +50,9 @@ class UNet3D(nn.Module):
         self.ups = nn.ModuleList(_DoubleConv3d(chans[k + 1] + chans[k], chans[k])
                                  for k in range(self.levels - 2, -1, -1))
         self.head = nn.Conv3d(chans[0], 1, 1)
+        from refocuslib.models.recurrent_mz import swap_norm
+        self.norm = norm
+        swap_norm(self, norm)
         self.register_buffer("depth", torch.linspace(-1.0, 1.0, self.n_outputs), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:

@@ -1,27 +1,31 @@
-"""Recurrent-MZ training tasks, baselines and evaluation (Huang et al. 2021).
+"""Recurrent-MZ training tasks and their recipes (Huang et al. 2021); the evaluation is in
+:mod:`refocuslib.evaluate.recurrent_mz` (its inference functions are re-exported here).
 
-Tasks (subclasses of :class:`refocuslib.train.TrainTask`, trained with :func:`refocuslib.train.fit`):
+Tasks (subclasses of :class:`refocuslib.train.TrainTask`, trained with :func:`refocuslib.train.fit`), registered
+in ``refocuslib.train.TASKS`` through their factories :func:`recurrent_mz_task`, :func:`deepz_volume_task` and
+:func:`unet3d_task` (recipes ``rmz_nuclei``, ``rmz_beads``, ``deepz_volume_nuclei``, ``unet3d_nuclei`` in
+``refocuslib/recipes.yaml``):
 
 * :class:`RecurrentMZTask` — :class:`~refocuslib.models.recurrent_mz.RecurrentMZ` with the paper loss
   (Eq. 7–10) 3·BerHu(c = 0.1) + 1·(1 − MS-SSIM) + 0.5·adversarial
   (:func:`refocuslib.losses.recurrent_mz_generator_loss`, LSGAN discriminator
-  :class:`~refocuslib.models.blocks.PatchDiscriminator`), random M, positions and order per batch.
-  Paper: Adam, lr 1e-5 (``full`` profile); the CI profile trains narrow networks for a few hundred steps with
-  lr 2e-3 (``notebooks/params/ci.yaml``) — at 1e-5 nothing would be learnt in a CI budget.
+  :class:`~refocuslib.models.blocks.PatchDiscriminator`; ``adv_weight`` 0 drops it, as the CPU recipes do),
+  random M, positions and order per batch. Paper: Adam, lr 1e-5 (the ``*_paper`` recipes); the CPU recipes train
+  narrow networks for a few thousand steps at lr 1e-3 (cosine).
 * :class:`UNet3DTask` — the 3D U-Net baseline (M inputs as channels, fixed positions and order), same
   BerHu + MS-SSIM fidelity terms on the whole |Z|-plane output, no discriminator.
-* :class:`DeepZVolumeTask` — Deep-Z (:class:`~refocuslib.models.deepz.DeepZGenerator`, LSGAN,
-  :func:`refocuslib.losses.deepz_generator_loss`, α = 0.02) trained on plane pairs of the same scans.
+* :class:`DeepZVolumeTask` — Deep-Z (:class:`~refocuslib.models.deepz.DeepZGenerator`; LSGAN with
+  :func:`refocuslib.losses.deepz_generator_loss`, α = 0.02, or MAE only with ``gan=False``) on plane pairs of
+  the same scans.
 
-Baselines at inference: Deep-Z from the nearest input plane (each input serves its own, non-overlapping
-sub-volume, as in the paper), the 3D U-Net, and linear interpolation between the input planes.
+Validation (every task): 3·BerHu + (1 − MS-SSIM) on a fixed set of validation crops (lower is better), with the
+same loss and the PSNR of the all-zero output and of the interpolation (Deep-Z: the unrefocused input) beside it.
 
-:func:`train_models` trains (or, through ``fit``'s resume, reloads) all three networks under
-``<checkpoints_dir>/<name>-<hash of the data and training parameters>``, so that notebooks 20 and 21 share them.
+:func:`load_models` / :func:`ensemble` give the shipped models through :func:`refocuslib.recipes.train_cached`;
+:func:`train_models` is the older per-notebook cache (kept for notebook 50 until it names recipes).
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -30,8 +34,8 @@ import numpy as np
 import torch
 
 from refocuslib import dpm as _dpm
-from refocuslib import losses, metrics
-from refocuslib._validate import as_image_array, positive, positive_int
+from refocuslib import losses
+from refocuslib._validate import positive, positive_int
 from refocuslib.datasets.recurrent_mz import VolumeSet, VolumeSpec, sample_batch, simulate_volumes
 from refocuslib.models.blocks import PatchDiscriminator, scaled
 from refocuslib.models.deepz import DeepZDiscriminator, DeepZGenerator
@@ -42,10 +46,11 @@ from refocuslib.train import TrainConfig, TrainResult, TrainTask, fit, load_gene
 Tensor = torch.Tensor
 DataLike = Union[VolumeSet, Callable[[], VolumeSet]]
 
-__all__ = ["RecurrentMZTask", "UNet3DTask", "DeepZVolumeTask", "TrainedModels", "train_models", 
+__all__ = ["RecurrentMZTask", "UNet3DTask", "DeepZVolumeTask", "TrainedModels", "train_models",
+           "recurrent_mz_task", "unet3d_task", "deepz_volume_task", "RECIPES", "ENSEMBLE_RECIPES", "load_models",
+           "ensemble", "recipe_spec", "held_out_volumes",
            "uniform_dpms", "recurrent_mz_volume", "deepz_nearest_volume", "unet3d_volume",
-           "interpolation_volume", "plane_metrics", "evaluate_methods", "bead_fwhm_um", "permutation_rmse",
-           "METHODS"]
+           "interpolation_volume", "METHODS"]
 
 METHODS = ("recurrent_mz", "deepz", "unet3d", "interpolation")
 
@@ -75,6 +80,34 @@ def _rmz_fidelity(out: Tensor, target: Tensor) -> Tensor:
     return losses.recurrent_mz_generator_loss(out, target, None)
 
 
+def _psnr_t(out: Tensor, target: Tensor) -> float:
+    """PSNR (dB) of a batch against its target, peak = the target's dynamic range (as :func:`plane_metrics`)."""
+    rng = float(target.max() - target.min()) or 1.0
+    mse = float(((out - target) ** 2).mean())
+    return float("inf") if mse == 0 else 10.0 * np.log10(rng * rng / mse)
+
+
+def _interp_batch(b: dict) -> Tensor:
+    """Linear interpolation along z between the inputs of a :func:`sample_batch` batch (B, 1, H, W)."""
+    out = []
+    for imgs, zi, zo in zip(b["images"].numpy(), b["z_inputs_um"].numpy(), b["z_output_um"].numpy()):
+        out.append(interpolation_volume(imgs, zi, [zo]))
+    return torch.from_numpy(np.stack(out))
+
+
+@torch.no_grad()
+def _val_metrics(out: Tensor, target: Tensor, baseline: Tensor, baseline_name: str = "interpolation") -> dict:
+    """Validation: ``val_loss`` = 3·BerHu + (1 − MS-SSIM) (Eq. 7 without the adversarial term; an all-dark output
+    scores ≈ 1 + 3·BerHu(target), not 0), with the same loss and the PSNR for the zero output and for
+    ``baseline`` (linear interpolation, i.e. the inputs themselves at the input planes)."""
+    out, target, baseline = out.float(), target.float(), baseline.float()
+    zero = torch.zeros_like(target)
+    return {"val_loss": float(_rmz_fidelity(out, target)), "val_psnr": _psnr_t(out, target),
+            "val_loss_zero": float(_rmz_fidelity(zero, target)), "val_psnr_zero": _psnr_t(zero, target),
+            f"val_loss_{baseline_name}": float(_rmz_fidelity(baseline, target)),
+            f"val_psnr_{baseline_name}": _psnr_t(baseline, target)}
+
+
 class RecurrentMZTask(_LazyData, TrainTask):
     """Recurrent-MZ GAN training on simulated scans (see the module docstring).
 
@@ -85,10 +118,10 @@ class RecurrentMZTask(_LazyData, TrainTask):
     def __init__(self, data: DataLike, val_data: DataLike, width: float = 1.0, levels: int = 4,
                  batch_size: int = 4, crop_px: int = 64, n_inputs: Sequence[int] = (2, 3), jitter_planes: int = 1,
                  adv_weight: float = 0.5, disc_channels: Sequence[int] = (64, 128, 256, 512), n_val: int = 8,
-                 seed: int = 0):
+                 seed: int = 0, norm: str = "batch", input_skip: bool = False):
         self._init_data(data, val_data)
         torch.manual_seed(seed)
-        self.generator = RecurrentMZ(width=width, levels=levels)
+        self.generator = RecurrentMZ(width=width, levels=levels, norm=norm, input_skip=input_skip)
         self.adv_weight = positive(adv_weight, "adv_weight", allow_zero=True)
         self.discriminator = (PatchDiscriminator(1, [scaled(c, width) for c in disc_channels])
                               if self.adv_weight > 0 else None)
@@ -118,19 +151,19 @@ class RecurrentMZTask(_LazyData, TrainTask):
                                            (self.val_data.spec.n_inputs,), 0, permute=False, augment=False)
         b = self._val_batch
         dev = next(self.generator.parameters()).device
-        out = self.generator(b["images"].to(dev), b["dpms"].to(dev))
-        return {"val_loss": float(_rmz_fidelity(out, b["target"].to(dev)))}
+        out = self.generator(b["images"].to(dev), b["dpms"].to(dev)).cpu()
+        return _val_metrics(out, b["target"], _interp_batch(b))
 
 
 class UNet3DTask(_LazyData, TrainTask):
     """3D U-Net baseline: the ``spec.n_inputs`` inputs at the default Δz grid, in order → all |Z| planes."""
 
     def __init__(self, data: DataLike, val_data: DataLike, spec: VolumeSpec, width: float = 1.0, levels: int = 3,
-                 batch_size: int = 2, crop_px: int = 64, n_val: int = 4, seed: int = 0):
+                 batch_size: int = 2, crop_px: int = 64, n_val: int = 4, seed: int = 0, norm: str = "batch"):
         self._init_data(data, val_data)
         torch.manual_seed(seed)
         self.spec = spec
-        self.generator = UNet3D(spec.n_inputs, spec.n_planes, width=width, levels=levels)
+        self.generator = UNet3D(spec.n_inputs, spec.n_planes, width=width, levels=levels, norm=norm)
         self.discriminator = None
         self.batch_size, self.crop = positive_int(batch_size, "batch_size"), positive_int(crop_px, "crop_px", 8)
         self.n_val, self.seed = positive_int(n_val, "n_val"), int(seed)
@@ -167,8 +200,12 @@ class UNet3DTask(_LazyData, TrainTask):
             self._val_batch = self._batch(self.val_data, torch.Generator().manual_seed(self.seed + 7919),
                                           self.n_val, augment=False)
         dev = next(self.generator.parameters()).device
-        out = self.generator(self._val_batch["images"].to(dev))
-        return {"val_loss": float(_rmz_fidelity(out, self._val_batch["target"].to(dev)))}
+        b = self._val_batch
+        out = self.generator(b["images"].to(dev)).cpu()
+        z = self.val_data.z_um
+        idx = self.val_data.input_indices()
+        interp = torch.from_numpy(np.stack([interpolation_volume(x, z[idx], z) for x in b["images"].numpy()]))
+        return _val_metrics(out, b["target"], interp)
 
 
 class DeepZVolumeTask(_LazyData, TrainTask):
@@ -177,12 +214,13 @@ class DeepZVolumeTask(_LazyData, TrainTask):
 
     def __init__(self, data: DataLike, val_data: DataLike, spec: VolumeSpec, width: float = 1.0, levels: int = 5,
                  disc_blocks: int = 6, batch_size: int = 4, crop_px: int = 64, max_dz_um: Optional[float] = None,
-                 alpha: float = 0.02, n_val: int = 8, seed: int = 0):
+                 alpha: float = 0.02, n_val: int = 8, seed: int = 0, gan: bool = True):
         self._init_data(data, val_data)
         torch.manual_seed(seed)
         self.spec = spec
         self.generator = DeepZGenerator(width=width, levels=levels)
-        self.discriminator = DeepZDiscriminator(width=width, blocks=disc_blocks)
+        self.gan = bool(gan)
+        self.discriminator = DeepZDiscriminator(width=width, blocks=disc_blocks) if self.gan else None
         self.batch_size, self.crop = positive_int(batch_size, "batch_size"), positive_int(crop_px, "crop_px", 8)
         span = (spec.n_planes - 1) * spec.z_step_um
         self.max_dz = span if max_dz_um is None else positive(max_dz_um, "max_dz_um")
@@ -222,8 +260,11 @@ class DeepZVolumeTask(_LazyData, TrainTask):
         return self.generator(batch["image"], batch["dpm"])
 
     def generator_loss(self, batch, output):
+        mae = losses.mae(output, batch["target"])
+        if self.discriminator is None:  # CPU recipes: MAE only
+            return mae, {"mae": float(mae.detach())}
         loss = losses.deepz_generator_loss(output, batch["target"], self.discriminator(output), self.alpha)
-        return loss, {"mae": float(losses.mae(output.detach(), batch["target"]))}
+        return loss, {"mae": float(mae.detach())}
 
     def discriminator_loss(self, batch, output):
         return losses.lsgan_discriminator_loss(self.discriminator(batch["target"]), self.discriminator(output)), {}
@@ -234,8 +275,44 @@ class DeepZVolumeTask(_LazyData, TrainTask):
                                           self.n_val, augment=False)
         b = self._val_batch
         dev = next(self.generator.parameters()).device
-        out = self.generator(b["image"].to(dev), b["dpm"].to(dev))
-        return {"val_loss": float(losses.mae(out, b["target"].to(dev)))}
+        out = self.generator(b["image"].to(dev), b["dpm"].to(dev)).cpu()
+        return {**_val_metrics(out, b["target"], b["image"], "identity"), "val_mae": float(losses.mae(out, b["target"]))}
+
+
+# --------------------------------------------------------------------------------- recipe factories (TASKS)
+def _volumes(data: dict, n_train: int, n_val: int, data_seed: int):
+    spec = VolumeSpec(**data)
+    n_train, n_val = positive_int(n_train, "n_train_volumes"), positive_int(n_val, "n_val_volumes")
+    seed = int(data_seed)
+    return (spec, lambda: simulate_volumes(spec, n_train, seed=seed),          # noqa: E731
+            lambda: simulate_volumes(spec, n_val, seed=seed + 1))             # noqa: E731
+
+
+def recurrent_mz_task(data: dict, n_train_volumes: int = 16, n_val_volumes: int = 2, data_seed: int = 0, **kw) -> RecurrentMZTask:
+    """``train.TASKS['recurrent_mz']``: :class:`RecurrentMZTask` on ``n_train_volumes`` simulated scans of
+    ``VolumeSpec(**data)`` (seed ``data_seed``; ``n_val_volumes`` validation scans, seed ``data_seed + 1``; test
+    volumes use other seeds).
+    ``kw``: the task's options (width, levels, norm, batch_size, crop_px, n_inputs, jitter_planes, adv_weight, ...)."""
+    spec, tr, va = _volumes(data, n_train_volumes, n_val_volumes, data_seed)
+    task = RecurrentMZTask(tr, va, **{"seed": int(data_seed), **kw})
+    task.spec = spec
+    span = float(spec.z_um[-1] - spec.z_um[0])
+    task.trained_range_um = (-span, span)
+    return task
+
+
+def unet3d_task(data: dict, n_train_volumes: int = 16, n_val_volumes: int = 2, data_seed: int = 0, **kw) -> UNet3DTask:
+    """``train.TASKS['unet3d']``: :class:`UNet3DTask` on the scans of :func:`recurrent_mz_task`."""
+    spec, tr, va = _volumes(data, n_train_volumes, n_val_volumes, data_seed)
+    task = UNet3DTask(tr, va, spec, **{"seed": int(data_seed), **kw})
+    task.trained_range_um = None
+    return task
+
+
+def deepz_volume_task(data: dict, n_train_volumes: int = 16, n_val_volumes: int = 2, data_seed: int = 0, **kw) -> DeepZVolumeTask:
+    """``train.TASKS['deepz_volume']``: :class:`DeepZVolumeTask` (Deep-Z baseline) on the same scans."""
+    spec, tr, va = _volumes(data, n_train_volumes, n_val_volumes, data_seed)
+    return DeepZVolumeTask(tr, va, spec, **{"seed": int(data_seed), **kw})
 
 
 # ------------------------------------------------------------------------------------------ training cache
@@ -328,188 +405,43 @@ def train_models(spec: VolumeSpec, train: dict, checkpoints_dir, seed: int = 0, 
     return out
 
 
-# ----------------------------------------------------------------------------------------------- inference
-def _model_device(model: torch.nn.Module):
-    return next(model.parameters()).device
+# ------------------------------------------------------------------------------ evaluation (moved, re-exported)
+from refocuslib.evaluate.recurrent_mz import (METHODS, deepz_nearest_volume, interpolation_volume,  # noqa: E402
+                                              recurrent_mz_volume, uniform_dpms, unet3d_volume)
 
 
-def uniform_dpms(z_inputs_um, z_outputs_um, shape_yx) -> np.ndarray:
-    """DPMs (Z, M, H, W) in µm: entry [t, i] is the uniform map z_out[t] − z_in[i]."""
-    zi = np.asarray(z_inputs_um, dtype=np.float64).ravel()
-    zo = np.asarray(z_outputs_um, dtype=np.float64).ravel()
-    if zi.size == 0 or zo.size == 0 or not (np.all(np.isfinite(zi)) and np.all(np.isfinite(zo))):
-        raise ValueError("z_inputs_um/z_outputs_um: expected non-empty finite axial positions (µm)")
-    h, w = shape_yx
-    return np.broadcast_to((zo[:, None] - zi[None, :])[:, :, None, None], (zo.size, zi.size, h, w)).copy()
+# ------------------------------------------------------------------------------------ shipped models (recipes)
+#: the recipes of the shipped CPU models: method → recipe name (refocuslib/recipes.yaml)
+RECIPES = {"recurrent_mz": "rmz_nuclei", "deepz": "deepz_volume_nuclei", "unet3d": "unet3d_nuclei"}
+#: Recurrent-MZ ensemble of notebook 50: the same recipe with seeds 0, 1, 2 (weights and training volumes)
+ENSEMBLE_RECIPES = ("rmz_nuclei", "rmz_nuclei_s1", "rmz_nuclei_s2")
 
 
-def _images(images) -> np.ndarray:
-    return as_image_array(images, "images", ndim=3).astype(np.float32)
-
-
-def recurrent_mz_volume(model: RecurrentMZ, images, z_inputs_um, z_outputs_um, dpm_noise_um: float = 0.0,
-                        noise_mode: str = "plane", rng=None, trained_range_um=None,
-                        batch_planes: int = 16) -> np.ndarray:
-    """Recurrent-MZ volume (Z, H, W) from ``images`` (M, H, W) acquired at ``z_inputs_um`` (any order, any
-    spacing; repeated planes allowed) for output planes ``z_outputs_um``.
-
-    ``dpm_noise_um`` σ adds Gaussian errors to the DPMs (paper Fig. 6): ``noise_mode='plane'`` one error per
-    input plane (an unknown axial positioning error of that input), ``'pixel'`` independent per pixel.
-    A DPM outside ``trained_range_um`` warns (:func:`refocuslib.dpm.check_trained_range`).
-    """
-    imgs = _images(images)
-    zi = np.asarray(z_inputs_um, dtype=np.float64).ravel()
-    if zi.size != imgs.shape[0]:
-        raise ValueError(f"z_inputs_um: expected {imgs.shape[0]} positions (one per image), got {zi.size}")
-    d = uniform_dpms(zi, z_outputs_um, imgs.shape[1:])
-    sigma = positive(dpm_noise_um, "dpm_noise_um", allow_zero=True)
-    if sigma > 0:
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        if noise_mode == "plane":
-            d = d + rng.normal(0.0, sigma, (1, d.shape[1], 1, 1))
-        elif noise_mode == "pixel":
-            d = d + rng.normal(0.0, sigma, d.shape)
-        else:
-            raise ValueError(f"noise_mode: 'plane' or 'pixel', got {noise_mode!r}")
-    if trained_range_um is not None:
-        _dpm.check_trained_range(d, trained_range_um)
-    dev = _model_device(model)
-    model.eval()
-    out = model.volume(torch.from_numpy(imgs).to(dev),
-                       torch.from_numpy(_dpm.to_network(d.reshape(-1, *d.shape[2:])).reshape(d.shape)).to(dev),
-                       batch_planes)
-    return out.float().cpu().numpy()
-
-
-@torch.no_grad()
-def deepz_nearest_volume(model: DeepZGenerator, images, z_inputs_um, z_outputs_um, trained_range_um=None,
-                         batch_planes: int = 16) -> np.ndarray:
-    """Deep-Z baseline (Z, H, W): every output plane refocused from the nearest input plane (non-overlapping
-    sub-volumes, paper Fig. 2), DPM = z_out − z_nearest."""
-    imgs = _images(images)
-    zi = np.asarray(z_inputs_um, dtype=np.float64).ravel()
-    zo = np.asarray(z_outputs_um, dtype=np.float64).ravel()
-    if zi.size != imgs.shape[0]:
-        raise ValueError(f"z_inputs_um: expected {imgs.shape[0]} positions (one per image), got {zi.size}")
-    near = np.argmin(np.abs(zo[:, None] - zi[None, :]), axis=1)
-    dz = zo - zi[near]
-    if trained_range_um is not None:
-        _dpm.check_trained_range(dz[:, None], trained_range_um)
-    dev = _model_device(model)
-    model.eval()
-    out = []
-    for s in range(0, zo.size, positive_int(batch_planes, "batch_planes")):
-        sl = slice(s, s + batch_planes)
-        x = torch.from_numpy(imgs[near[sl]][:, None]).to(dev)
-        d = torch.from_numpy((dz[sl] / _dpm.NETWORK_SCALE_UM).astype(np.float32)).to(dev)
-        out.append(model(x, d.view(-1, 1, 1, 1).expand_as(x).contiguous())[:, 0])
-    return torch.cat(out).float().cpu().numpy()
-
-
-@torch.no_grad()
-def unet3d_volume(model: UNet3D, images) -> np.ndarray:
-    """3D U-Net baseline (Z, H, W) from ``images`` (M, H, W) in the channel order given."""
-    imgs = _images(images)
-    model.eval()
-    return model(torch.from_numpy(imgs)[None].to(_model_device(model)))[0].float().cpu().numpy()
-
-
-def interpolation_volume(images, z_inputs_um, z_outputs_um) -> np.ndarray:
-    """Linear interpolation between the input planes along z (constant beyond the outermost inputs);
-    inputs may come in any order (``scipy.interpolate.interp1d``); repeated positions are averaged."""
-    from scipy.interpolate import interp1d
-    imgs = _images(images).astype(np.float64)
-    zi = np.asarray(z_inputs_um, dtype=np.float64).ravel()
-    zo = np.asarray(z_outputs_um, dtype=np.float64).ravel()
-    if zi.size != imgs.shape[0]:
-        raise ValueError(f"z_inputs_um: expected {imgs.shape[0]} positions (one per image), got {zi.size}")
-    uz, inv = np.unique(zi, return_inverse=True)
-    avg = np.stack([imgs[inv == k].mean(0) for k in range(uz.size)])
-    if uz.size == 1:
-        return np.repeat(avg, zo.size, 0).astype(np.float32)
-    f = interp1d(uz, avg, axis=0, bounds_error=False, fill_value=(avg[0], avg[-1]), assume_sorted=True)
-    return f(zo).astype(np.float32)
-
-
-def plane_metrics(pred, target) -> Dict[str, np.ndarray]:
-    """Per output plane: PSNR (dB), RMSE and NRMSE of ``pred`` against the scan ``target`` (Z, H, W). The peak
-    and the normaliser are the target volume's dynamic range (max − min), so planes are comparable."""
-    p = as_image_array(pred, "pred", ndim=3).astype(np.float64)
-    t = as_image_array(target, "target", ndim=3).astype(np.float64)
-    if p.shape != t.shape:
-        raise ValueError(f"pred: shape {p.shape} must equal the target's {t.shape}")
-    rng = float(t.max() - t.min()) or 1.0
-    psnr = np.array([metrics.psnr(a, b, data_range=rng) for a, b in zip(p, t)])
-    rmse = np.array([metrics.rmse(a, b) for a, b in zip(p, t)])
-    return {"psnr": psnr, "rmse": rmse, "nrmse": rmse / rng}
-
-
-def evaluate_methods(trained: TrainedModels, test: VolumeSet, input_indices: Optional[Sequence[int]] = None,
-                     methods: Sequence[str] = METHODS, keep_volumes: int = 1) -> dict:
-    """Reconstruct every test volume from its input planes with each method and score every output plane.
-
-    Returns ``{'metrics': {method: {'psnr'|'rmse'|'nrmse': (N, Z)}}, 'volumes': {method: [first
-    keep_volumes predictions]}, 'input_indices', 'z_um'}``. ``input_indices`` default: the Δz grid. The 3D
-    U-Net is only evaluated at the default grid (it cannot take other positions).
-    """
-    idx = test.input_indices() if input_indices is None else np.asarray(input_indices, dtype=int)
-    z = test.z_um
-    res = {"metrics": {}, "volumes": {}, "input_indices": idx, "z_um": z}
-    default = np.array_equal(idx, test.input_indices())
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"methods: unknown {m!r}; choose from {METHODS}")
-        if m in ("recurrent_mz", "deepz", "unet3d") and m not in trained.models:
-            continue
-        if m == "unet3d" and not default:
-            continue
-        per = {"psnr": [], "rmse": [], "nrmse": []}
-        vols = []
-        for n, stack in enumerate(test.stacks):
-            imgs = stack[idx]
-            if m == "recurrent_mz":
-                pred = recurrent_mz_volume(trained.models[m], imgs, z[idx], z, trained_range_um=
-                                           trained.trained_range_um.get(m))
-            elif m == "deepz":
-                pred = deepz_nearest_volume(trained.models[m], imgs, z[idx], z,
-                                            trained_range_um=trained.trained_range_um.get(m))
-            elif m == "unet3d":
-                pred = unet3d_volume(trained.models[m], imgs)
-            else:
-                pred = interpolation_volume(imgs, z[idx], z)
-            for k, v in plane_metrics(pred, stack).items():
-                per[k].append(v)
-            if n < keep_volumes:
-                vols.append(pred)
-        res["metrics"][m] = {k: np.stack(v) for k, v in per.items()}
-        res["volumes"][m] = vols
-    return res
-
-
-def bead_fwhm_um(volume, pixel_um: float) -> np.ndarray:
-    """Lateral FWHM (µm) of the beads of a (Z, H, W) volume, measured on its maximum-intensity projection
-    along z (each bead at its sharpest plane) with :func:`refocuslib.metrics.lateral_fwhm_um` (paper Fig. 3)."""
-    vol = as_image_array(volume, "volume", ndim=3)
-    return metrics.lateral_fwhm_um(vol.max(0), pixel_um)
-
-
-def permutation_rmse(trained: TrainedModels, test: VolumeSet, method: str) -> np.ndarray:
-    """Volume RMSE (n_permutations, N) of ``method`` for every order of the default inputs (paper Fig. 5)."""
-    idx = test.input_indices()
-    z = test.z_um
-    perms = list(itertools.permutations(range(len(idx))))
-    out = np.zeros((len(perms), len(test)))
-    for p, perm in enumerate(perms):
-        j = idx[list(perm)]
-        for n, stack in enumerate(test.stacks):
-            if method == "recurrent_mz":
-                pred = recurrent_mz_volume(trained.models[method], stack[j], z[j], z)
-            elif method == "unet3d":
-                pred = unet3d_volume(trained.models[method], stack[j])
-            elif method == "interpolation":
-                pred = interpolation_volume(stack[j], z[j], z)
-            else:
-                raise ValueError(f"method: 'recurrent_mz', 'unet3d' or 'interpolation', got {method!r}")
-            out[p, n] = metrics.rmse(pred, stack)
+def load_models(recipes_by_method: Optional[Dict[str, str]] = None, results_dir="results/ci", device: str = "cpu",
+                progress: bool = False) -> Dict[str, TrainTask]:
+    """Method → trained task (``generator`` in eval mode, ``trained_range_um``) of each recipe, through
+    :func:`refocuslib.recipes.train_cached` (the shipped checkpoint when it exists, else trained and said so)."""
+    from refocuslib import recipes
+    out = {}
+    for method, name in (recipes_by_method or RECIPES).items():
+        task, _ = recipes.train_cached(name, results_dir, device=device, progress=progress)
+        out[method] = task
     return out
 
+
+def ensemble(results_dir="results/ci", names: Sequence[str] = ENSEMBLE_RECIPES, device: str = "cpu") -> list:
+    """The Recurrent-MZ generators of ``names`` (default :data:`ENSEMBLE_RECIPES`), each via ``train_cached``."""
+    from refocuslib import recipes
+    return [recipes.train_cached(n, results_dir, device=device, progress=False)[0].generator for n in names]
+
+
+def recipe_spec(name: str) -> VolumeSpec:
+    """The scan geometry a recipe was trained on (its ``params.data``)."""
+    from refocuslib import recipes
+    return VolumeSpec(**recipes.recipe(name)["params"]["data"])
+
+
+def held_out_volumes(name: str, n: int, seed: int) -> VolumeSet:
+    """``n`` held-out scans of the geometry of recipe ``name`` (pick ``seed`` away from the recipe's
+    ``data_seed`` and ``data_seed + 1``, e.g. ≥ 1000)."""
+    return simulate_volumes(recipe_spec(name), n, seed=seed)
