@@ -77,3 +77,42 @@ def positive_int(value, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def available_devices() -> list:
+    """Torch device names usable on this machine: ``cpu``, then ``cuda:0`` … and ``mps`` where present."""
+    import torch
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(device, name: str = "device") -> str:
+    """Return ``device`` (a string or ``torch.device``) as a string if it exists here, else raise ``ValueError``
+    naming the devices that do (and saying when torch is a CPU-only build)."""
+    import torch
+    have = available_devices()
+    listing = f"available here: {', '.join(have)}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name}: {device!r} is not a torch device name (e.g. 'cpu', 'cuda', 'cuda:1'); "
+                         f"{listing}") from None
+    if dev.type == "cpu":
+        return str(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (f"this torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
+                   else "torch finds no CUDA GPU (driver or CUDA_VISIBLE_DEVICES?)")
+            raise ValueError(f"{name}: {device!r} needs a CUDA GPU, but {why}; {listing}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: {device!r} does not exist ({torch.cuda.device_count()} CUDA GPU(s)); "
+                             f"{listing}")
+        return str(device)
+    if dev.type == "mps" and "mps" in have:
+        return str(device)
+    raise ValueError(f"{name}: {device!r} is not available on this machine; {listing}")

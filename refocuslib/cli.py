@@ -75,8 +75,13 @@ def _run_refocus(args: argparse.Namespace) -> int:
         image = np.squeeze(np.asarray(image))
         if image.ndim != 2:
             raise ValueError(f"input: expected a single 2D image, got shape {image.shape}")
-        model = load_model(args.checkpoint, device=args.device)
+        from refocuslib._validate import check_device
+        model = load_model(args.checkpoint, device=check_device(args.device, "--device"))
         pixel_um = meta.get("pixel_um") or getattr(model, "pixel_um", None)
+        if meta.get("pixel_um") is None:
+            warnings.warn(f"input: {args.input} gives no pixel size ({meta.get('pixel_note', 'none found')}); "
+                          f"assuming the model's training pixel "
+                          f"{'(unknown)' if pixel_um is None else f'{pixel_um:.4g} µm'}")
         trained_px = getattr(model, "pixel_um", None)
         if meta.get("pixel_um") and trained_px and abs(meta["pixel_um"] / trained_px - 1) > 0.05:
             warnings.warn(f"input: pixel size {meta['pixel_um']:.4g} µm differs from the model's training pixel "
@@ -166,6 +171,10 @@ def _setup_ship(subparsers) -> None:
                    help="the command that trained them (recorded in the provenance JSON)")
     p.add_argument("--dest", default=None, help="destination folder (default: the repository's data/checkpoints)")
     p.set_defaults(func=_run_ship)
+
+
+# calibrate, volume (Recurrent-MZ), wnet (W-Net), localize (DeepSTORM3D): registered by their own module
+from refocuslib import cli_apply as _cli_apply  # noqa: E402,F401
 
 
 # ------------------------------------------------------------------------------------------------ main

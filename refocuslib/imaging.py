@@ -8,11 +8,12 @@ Two renderers share :mod:`refocuslib.optics`:
 * :func:`image_volume` — an extended density volume (nuclei, filaments) imaged plane by plane, the 3D
   convolution I(z_f) = Σ_z V(z) ⊛ PSF(z − z_f) computed with FFTs.
 
-Camera (DESIGN.md): ADU = gain·Poisson(QE·(signal + background)) + N(0, read_noise) + baseline.
+Camera (docs/DESIGN.md): ADU = gain·Poisson(QE·(signal + background)) + N(0, read_noise) + baseline.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +30,10 @@ def auto_patch_px(microscope: Microscope, max_defocus_um: float, extra_airy: flo
     """Odd patch size (camera pixels) that holds a PSF defocused by ``max_defocus_um``: the geometric blur
     radius |z|·tan(θ_max) plus ``extra_airy`` Airy radii (10 keeps ≈ 98 % of an in-focus PSF's photons: the
     Airy tail beyond radius v, in optical units, holds ≈ 2/(π·v))."""
+    if not isinstance(microscope, Microscope):
+        raise ValueError(f"microscope: expected a refocuslib.optics.Microscope, got {type(microscope).__name__}")
+    max_defocus_um = in_range(max_defocus_um, "max_defocus_um", -math.inf, math.inf)  # its magnitude counts
+    extra_airy = positive(extra_airy, "extra_airy", allow_zero=True)
     n = microscope.n_sample or microscope.n_immersion
     sin_t = min(microscope.na / n, 0.999)
     radius = abs(max_defocus_um) * sin_t / math.sqrt(1 - sin_t ** 2)
@@ -136,6 +141,11 @@ def camera(photons, rng=None, qe: float = 0.8, gain: float = 1.0, read_noise_e: 
     ``numpy.random.Generator`` (a seed is drawn from it) or ``torch.Generator``. Runs on the tensor's device.
     """
     x = torch.as_tensor(photons) if not torch.is_tensor(photons) else photons
+    if torch.is_complex(x):
+        raise ValueError(f"photons: expected real photon counts, got a complex array ({x.dtype}); "
+                         f"pass |field|**2 (intensity), not the field")
+    if x.dtype == torch.bool:
+        raise ValueError("photons: expected real photon counts, got a boolean array")
     if not torch.is_floating_point(x):
         x = x.float()
     if not torch.all(torch.isfinite(x)):
@@ -178,10 +188,55 @@ def normalize_percentile(image, p_low: float = 0.0, p_high: float = 99.9, clip: 
     return (np.clip(out, 0, 1) if clip else out).astype(np.float32)
 
 
-def normalize_deepz(image, p_high: float = 99.9) -> np.ndarray:
-    """Deep-Z style normalisation: subtract the triangle-threshold background, then divide by the
-    ``p_high`` percentile of what remains (float32; background ≈ 0, bright features ≈ 1)."""
+def deepz_scale(image, p_high: float = 99.9) -> Tuple[float, float]:
+    """(background, scale) of the Deep-Z normalisation of ``image``: its triangle-threshold background and the
+    ``p_high`` percentile of what remains above it."""
     img = as_image_array(image, "image", ndim=(2, 3)).astype(np.float64)
-    img = img - triangle_background(img)
-    scale = np.percentile(img, in_range(p_high, "p_high", 50.0, 100.0))
-    return (img / max(scale, 1e-12)).astype(np.float32)
+    bg = float(triangle_background(img))
+    scale = float(np.percentile(img - bg, in_range(p_high, "p_high", 50.0, 100.0)))
+    return bg, max(scale, 1e-12)
+
+
+def normalize_deepz(image, p_high: float = 99.9, reference=None) -> np.ndarray:
+    """Deep-Z style normalisation: subtract the triangle-threshold background, then divide by the
+    ``p_high`` percentile of what remains (float32; background ≈ 0, bright features ≈ 1).
+
+    ``reference``: take background and scale from this image instead (e.g. a training target normalised with
+    its *input's* scale, so the target/input gain is a function of the defocus alone and can be learned; a
+    user's image at inference is normalised by itself, which is the same thing)."""
+    img = as_image_array(image, "image", ndim=(2, 3)).astype(np.float64)
+    bg, scale = deepz_scale(img if reference is None else reference, p_high)
+    return ((img - bg) / scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera model (docs/DESIGN.md): forward ``counts`` = gain·Poisson(QE·(photons + background)) +
+    N(0, read_noise) + baseline (ADU), its expectation ``expected``, and the inverse ``photons`` (ADU → expected
+    photons per pixel, background removed). The papers' configs hold these five numbers."""
+    qe: float = 0.8
+    gain: float = 1.0
+    read_noise_e: float = 1.5
+    baseline_adu: float = 100.0
+    background_photons: float = 0.0
+
+    def __post_init__(self):
+        in_range(self.qe, "qe", 0.0, 1.0, lo_open=True)
+        positive(self.gain, "gain")
+        positive(self.read_noise_e, "read_noise_e", allow_zero=True)
+        positive(self.background_photons, "background_photons", allow_zero=True)
+
+    def counts(self, photons, rng=None) -> Tensor:
+        """Noisy camera counts (ADU) of ``photons`` (:func:`camera`)."""
+        return camera(photons, rng, qe=self.qe, gain=self.gain, read_noise_e=self.read_noise_e,
+                      baseline_adu=self.baseline_adu, background_photons=self.background_photons)
+
+    def expected(self, photons) -> Tensor:
+        """Noise-free counts (ADU): the expectation of :meth:`counts`."""
+        x = torch.as_tensor(photons) if not torch.is_tensor(photons) else photons
+        return (x + self.background_photons) * self.qe * self.gain + self.baseline_adu
+
+    def photons(self, counts) -> Tensor:
+        """The inverse of :meth:`expected`: photons per pixel from counts (ADU), background removed."""
+        c = torch.as_tensor(counts) if not torch.is_tensor(counts) else counts
+        return (c - self.baseline_adu) / (self.qe * self.gain) - self.background_photons

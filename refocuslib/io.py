@@ -6,7 +6,9 @@ the axes as ImageJ's ``TZCYX`` subset. Extra metadata is stored as JSON in the I
 so it round-trips through :func:`read_tiff`.
 
 Checkpoints: ``torch.save`` to a temporary file in the destination folder, ``fsync``, ``os.replace``
-(atomic on POSIX and Windows), plus a ``sha256sum``-style sidecar ``<path>.sha256`` verified on load.
+(atomic on POSIX and Windows). The SHA-256 is stored twice: in the file's own zip comment and in a
+``sha256sum``-style sidecar ``<path>.sha256``; both are verified on load, and a file with neither is refused
+unless the caller trusts it explicitly.
 """
 from __future__ import annotations
 
@@ -122,36 +124,152 @@ def _close(a: float, b: float, rtol: float = 1e-6) -> bool:
     return abs(a - b) <= rtol * max(abs(a), abs(b))
 
 
-def read_tiff(path):
-    """Read a TIFF; return ``(array, meta)``.
+#: TIFF ResolutionUnit (tag 296) → µm per unit; INCH is left out on purpose (dots per inch are a print
+#: resolution, e.g. the 72 dpi default of many programs, not a microscope's pixel size)
+_RESUNIT_TO_UM = {3: 1e4, 4: 1e3, 5: 1.0}  # CENTIMETER, MILLIMETER, MICROMETER
+# tifffile log messages that mean the file is damaged (it logs them and goes on with whatever it could read)
+_TIFF_DAMAGE = ("invalid", "corrupt", "truncat", "failed to read", "offset", "not enough")
 
-    ``meta`` has ``pixel_um``, ``z_step_um``, ``axes`` and ``metadata`` (the dict given to
-    :func:`write_tiff`, ``{}`` if none). Calibration comes from the ImageJ tags (resolution, unit,
-    spacing), converted to µm; the exact float values stored by :func:`write_tiff` are used when they
-    agree with the tags (the TIFF rational resolution is rounded). For plain (non-ImageJ) TIFFs the
-    calibration and axes are ``None``. ``meta['info']`` holds a foreign ImageJ ``Info`` string, if any.
-    """
-    path = Path(path)
-    with tifffile.TiffFile(path) as tif:
-        arr = tif.asarray()
-        meta = {"pixel_um": None, "z_step_um": None, "axes": None, "metadata": {}}
-        ij = tif.imagej_metadata if tif.is_imagej else None
-        if ij is None:
-            return arr, meta
-        stored = _parse_info(ij.get("Info"))
-        if stored is None and ij.get("Info") is not None:
-            meta["info"] = ij.get("Info")
+
+class _LogCapture:
+    """Collect the ``tifffile`` logger's records instead of printing them (restored on exit)."""
+
+    def __enter__(self):
+        import logging
+
+        class _Handler(logging.Handler):
+            def __init__(self):
+                super().__init__(logging.WARNING)
+                self.records = []
+
+            def emit(self, record):
+                self.records.append(record.getMessage())
+
+        self.logger = logging.getLogger("tifffile")
+        self.handler = _Handler()
+        self.propagate = self.logger.propagate
+        self.logger.addHandler(self.handler)
+        self.logger.propagate = False
+        return self.handler.records
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.propagate = self.propagate
+        return False
+
+
+def _ome_calibration(xml: str):
+    """(pixel_um, z_step_um, note) from the first image's ``Pixels`` element of OME-XML."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        return None, None, f"OME-XML metadata cannot be parsed ({e})"
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None, None, "OME-XML metadata has no Pixels element"
+
+    def size(axis):
+        v = pixels.get(f"PhysicalSize{axis}")
+        if v is None:
+            return None, None
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm").strip().lower()  # OME default unit: µm
+        scale = _UNIT_TO_UM.get(unit)
+        if scale is None:
+            return None, f"OME PhysicalSize{axis}Unit {unit!r} is not a length unit this reader knows"
+        try:
+            val = float(v) * scale
+        except ValueError:
+            return None, f"OME PhysicalSize{axis} {v!r} is not a number"
+        return (val, None) if math.isfinite(val) and val > 0 else (None, f"OME PhysicalSize{axis} {v!r} <= 0")
+
+    (x, nx), (y, ny), (z, _) = size("X"), size("Y"), size("Z")
+    note = nx or ny
+    if x is not None and y is not None and not _close(x, y, 1e-3):
+        return None, z, f"OME pixels are not square (PhysicalSizeX {x} µm, PhysicalSizeY {y} µm)"
+    if x is None and note is None:
+        note = "OME-XML metadata has no PhysicalSizeX"
+    return x, z, note
+
+
+def _tiff_calibration(tif):
+    """(pixel_um, z_step_um, axes, source, note, imagej metadata or None) of an open ``TiffFile``."""
+    page = tif.pages[0]
+    tags = page.tags
+    ij = tif.imagej_metadata if tif.is_imagej else None
+    if ij is not None:
         unit = str(ij.get("unit", "")).strip().replace("\\u00B5", "\u00b5").lower()
         scale = _UNIT_TO_UM.get(unit)
-        page = tif.pages[0]
-        tags = page.tags
+        px = dz = None
         if scale is not None and "XResolution" in tags:
             num, den = tags["XResolution"].value
             if num > 0 and den > 0:
-                meta["pixel_um"] = scale * den / num
+                px = scale * den / num
         if scale is not None and ij.get("spacing") is not None:
-            meta["z_step_um"] = scale * float(ij["spacing"])
-        meta["axes"] = tif.series[0].axes
+            dz = scale * float(ij["spacing"])
+        note = None if px is not None else (f"ImageJ unit {unit or '(none)'!r} is not a length unit"
+                                            if scale is None else "no XResolution tag")
+        return px, dz, tif.series[0].axes, "imagej", note, ij
+    if tif.is_ome and tif.ome_metadata:
+        px, dz, note = _ome_calibration(tif.ome_metadata)
+        return px, dz, tif.series[0].axes, "ome", note, None
+    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2  # TIFF default: inch
+    if "XResolution" not in tags:
+        return None, None, None, None, "no resolution tags", None
+    num, den = tags["XResolution"].value
+    if unit in _RESUNIT_TO_UM and num > 0 and den > 0:
+        return _RESUNIT_TO_UM[unit] * den / num, None, None, "tiff-resolution", None, None
+    why = {1: "has no unit", 2: "is in dots per inch (a print resolution, not a pixel size)"}.get(
+        unit, f"has the unknown unit code {unit}")
+    return None, None, None, None, f"the TIFF resolution tag {why}", None
+
+
+def read_tiff(path):
+    """Read a TIFF; return ``(array, meta)``.
+
+    ``meta`` has ``pixel_um``, ``z_step_um``, ``axes``, ``metadata`` (the dict given to :func:`write_tiff`,
+    ``{}`` if none) and ``pixel_source``: where the pixel size came from — ``'imagej'`` (ImageJ resolution,
+    unit and spacing; the exact floats stored by :func:`write_tiff` are used when they agree with the rounded
+    TIFF rationals), ``'ome'`` (OME-XML ``PhysicalSizeX/Y/Z`` with their units), ``'tiff-resolution'`` (a
+    plain TIFF's resolution in cm, mm or µm) — or ``None`` when the file gives none; ``meta['pixel_note']``
+    then says why (e.g. dots per inch, no tags), so a caller can tell the user instead of guessing.
+    ``meta['info']`` holds a foreign ImageJ ``Info`` string, if any. A truncated or corrupt file raises
+    ``ValueError`` naming it (tifffile's own log messages are folded into that error, not printed).
+    """
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TIFF not found: {path}")
+    size = path.stat().st_size
+    with _LogCapture() as logged:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                arr = tif.asarray()
+                px, dz, axes, source, note, ij = _tiff_calibration(tif)
+                ends = [o + c for pg in tif.pages if hasattr(pg, "dataoffsets")
+                        for o, c in zip(pg.dataoffsets, pg.databytecounts)]
+        except Exception as e:  # tifffile raises many types (TiffFileError, ValueError, struct.error, ...)
+            raise ValueError(f"{path}: cannot be read as a TIFF; it is truncated, corrupt or not a TIFF "
+                             f"({type(e).__name__}: {e})") from None
+    stored = _parse_info(ij.get("Info")) if ij is not None else None
+    shape = (stored or {}).get("shape")
+    if shape is not None and math.prod(shape) == arr.size and not (ends and max(ends) > size):
+        # tifffile writes images one pixel wide as a page of another shape and then doubts its own ImageJ
+        # series; the pixels are all there and our stored shape restores them (below)
+        logged[:] = [m for m in logged if "imagej series metadata" not in m.lower() and "reshape" not in m.lower()]
+    damage = [m for m in logged if any(k in m.lower() for k in _TIFF_DAMAGE)]
+    if damage or (ends and max(ends) > size):
+        why = damage[0] if damage else f"image data ends at byte {max(ends)}, the file has {size}"
+        raise ValueError(f"{path}: truncated or corrupt TIFF ({why})")
+    for m in logged:
+        warnings.warn(f"{path}: {m}", stacklevel=2)
+    meta = {"pixel_um": px, "z_step_um": dz, "axes": axes, "metadata": {}, "pixel_source": source}
+    if px is None:
+        meta["pixel_note"] = note or "no pixel size in the file"
+    if ij is not None:
+        if stored is None and ij.get("Info") is not None:
+            meta["info"] = ij.get("Info")
     if stored is not None:
         for key in ("pixel_um", "z_step_um"):
             v = stored.get(key)
@@ -167,12 +285,17 @@ def read_tiff(path):
         meta["metadata"] = stored.get("metadata") or {}
     if meta["axes"] is not None and len(meta["axes"]) != arr.ndim:
         meta["axes"] = None
+    if meta["pixel_um"] is None:
+        meta["pixel_source"] = None
+        meta.setdefault("pixel_note", "written without a pixel size" if stored is not None else
+                        "no pixel size in the file")
     return arr, meta
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
 class CorruptCheckpointError(ValueError):
-    """A checkpoint whose SHA-256 does not match its sidecar, or that cannot be read (e.g. truncated)."""
+    """A checkpoint whose SHA-256 does not match (its sidecar or the one stored in it), that cannot be read
+    (empty, truncated), or a file that is no checkpoint at all (e.g. a TIFF image)."""
 
 
 def _sha256_file(path) -> str:
@@ -214,53 +337,101 @@ def _atomic_write(path: str, write) -> None:
     _fsync_dir(folder)
 
 
-def save_checkpoint(path, obj) -> Path:
-    """Atomically ``torch.save`` ``obj`` to ``path`` and write its SHA-256 to ``path + '.sha256'``.
+#: zip-comment marker of the SHA-256 that :func:`save_checkpoint` embeds in the checkpoint file itself
+_EMBED_MARK = b"refocuslib-sha256:"
+_EOCD_SIG = b"PK\x05\x06"  # zip end-of-central-directory record (22 bytes + comment)
+_ZIP_MAGIC = b"PK\x03\x04"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
-    The data goes to a temporary file in the same folder, is ``fsync``-ed and moved into place with
-    ``os.replace``, so a crash never leaves a half-written ``path``; the sidecar (``"<hex>  <name>"``,
-    ``sha256sum -c`` compatible) is then replaced the same way. Returns the path.
+
+def _embed_digest(data: bytes) -> bytes:
+    """``data`` (a ``torch.save`` zip archive without comment) with ``refocuslib-sha256:<hex of data>`` as its
+    zip comment: the checksum travels inside the file, and ``torch.load``/``zipfile`` still read it."""
+    eocd = len(data) - 22
+    if eocd < 0 or data[eocd:eocd + 4] != _EOCD_SIG or data[-2:] != b"\x00\x00":
+        raise RuntimeError("torch.save did not write a plain zip archive; cannot embed the checksum")
+    comment = _EMBED_MARK + hashlib.sha256(data).hexdigest().encode("ascii")
+    return data[:-2] + len(comment).to_bytes(2, "little") + comment
+
+
+def _embedded_digest(data: bytes):
+    """(expected, actual) SHA-256 of a file written by :func:`save_checkpoint`, or None when it carries none."""
+    n = len(_EMBED_MARK) + 64
+    eocd = len(data) - n - 22
+    if eocd < 0 or data[eocd:eocd + 4] != _EOCD_SIG or data[-n:-64] != _EMBED_MARK:
+        return None
+    if int.from_bytes(data[eocd + 20:eocd + 22], "little") != n:
+        return None
+    expected = data[-64:].decode("ascii", "replace").lower()
+    actual = hashlib.sha256(data[:eocd + 20] + b"\x00\x00").hexdigest()
+    return expected, actual
+
+
+def _not_a_checkpoint(path: str, head: bytes):
+    """A message when ``head`` (the first bytes of the file) is not a PyTorch checkpoint, else None."""
+    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":  # torch zip archive / legacy pickle format
+        return None
+    if not head:
+        return f"{path}: is empty (0 bytes), not a checkpoint; it was truncated or never written"
+    if head[:4] in _TIFF_MAGICS:
+        return (f"{path}: is a TIFF image, not a checkpoint (a .pt file written by refocuslib's training); "
+                f"read images with refocuslib.io.read_tiff")
+    return (f"{path}: is not a PyTorch checkpoint (it starts with bytes {head[:8]!r}, not a zip archive); "
+            f"expected a .pt file written by refocuslib's training")
+
+
+def save_checkpoint(path, obj) -> Path:
+    """Atomically ``torch.save`` ``obj`` to ``path``, with its SHA-256 inside the file and in ``path + '.sha256'``.
+
+    The checksum of the ``torch.save`` archive is stored as the archive's zip comment
+    (``refocuslib-sha256:<hex>``; ``torch.load`` reads the file unchanged), so the file verifies even without
+    its sidecar. The data goes to a temporary file in the same folder, is ``fsync``-ed and moved into place
+    with ``os.replace``, so a crash never leaves a half-written ``path``; the sidecar (``"<hex>  <name>"`` of
+    the whole file, ``sha256sum -c`` compatible) is then replaced the same way. Returns the path.
     """
+    import io as _io
+
     import torch
 
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"path: {path!r} is a directory; expected a checkpoint file name")
-    h = hashlib.sha256()
-
-    class _HashingWriter:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, b):
-            h.update(b)
-            return self.f.write(b)
-
-        def flush(self):
-            self.f.flush()
-
-    _atomic_write(path, lambda f: torch.save(obj, _HashingWriter(f)))
-    digest = h.hexdigest()
-    line = f"{digest}  {os.path.basename(path)}\n".encode()
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    data = _embed_digest(buf.getvalue())
+    _atomic_write(path, lambda f: f.write(data))
+    line = f"{hashlib.sha256(data).hexdigest()}  {os.path.basename(path)}\n".encode()
     _atomic_write(path + ".sha256", lambda f: f.write(line))
     return Path(path)
 
 
 def load_checkpoint(path, map_location="cpu", trust_unverified: bool = False):
-    """Load a checkpoint written by :func:`save_checkpoint`, verifying its SHA-256 sidecar.
+    """Load a checkpoint written by :func:`save_checkpoint`, verifying its SHA-256 before unpickling it.
 
-    If ``path + '.sha256'`` exists the file's digest must match it, otherwise
-    :class:`CorruptCheckpointError` is raised naming the file; only then is the file unpickled with
-    ``torch.load(..., weights_only=False)`` (full pickle, needed for configs and optimiser state: the
-    checksum guards integrity, not authenticity, so load only files you trust). Without a sidecar the
-    file is loaded with ``weights_only=True`` (tensors, dicts, lists, numbers only) unless
-    ``trust_unverified=True``. Unreadable or truncated files raise :class:`CorruptCheckpointError`.
+    Two checksums are checked when present: the one embedded in the file (its zip comment) and the
+    ``path + '.sha256'`` sidecar; any mismatch raises :class:`CorruptCheckpointError` naming the file. A file
+    with neither (e.g. a foreign ``torch.save`` file, or an old checkpoint whose sidecar was deleted) cannot
+    be verified and is refused with ``ValueError`` unless ``trust_unverified=True``. The verified file is
+    unpickled with ``torch.load(..., weights_only=False)`` (full pickle, needed for configs and optimiser
+    state: the checksum guards integrity, not authenticity, so load only files you trust). Empty, truncated
+    or unreadable files raise :class:`CorruptCheckpointError`, and so do files that are no checkpoint at all
+    (a TIFF image, say), with a message saying what the file is.
     """
+    import io as _io
+
     import torch
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    what = _not_a_checkpoint(path, data[:8])
+    if what is not None:
+        raise CorruptCheckpointError(what)
+    if data.startswith(_ZIP_MAGIC) and data.rfind(_EOCD_SIG, max(0, len(data) - 65_557)) < 0:
+        raise CorruptCheckpointError(f"{path}: truncated checkpoint (its zip archive has no end record; "
+                                     f"{len(data)} bytes)")
     sidecar = path + ".sha256"
     verified = False
     if os.path.exists(sidecar):
@@ -269,18 +440,25 @@ def load_checkpoint(path, map_location="cpu", trust_unverified: bool = False):
                 expected = f.read().split()[0].lower()
         except (OSError, UnicodeDecodeError, IndexError):
             raise CorruptCheckpointError(f"{path}: checksum sidecar {sidecar} is unreadable or empty") from None
-        actual = _sha256_file(path)
+        actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise CorruptCheckpointError(f"{path}: SHA-256 mismatch (file {actual[:16]}..., sidecar "
                                          f"{expected[:16]}...); the checkpoint is corrupt or truncated")
         verified = True
-    weights_only = not (verified or trust_unverified)
+    embedded = _embedded_digest(data)
+    if embedded is not None:
+        expected, actual = embedded
+        if actual != expected:
+            raise CorruptCheckpointError(f"{path}: SHA-256 mismatch (contents {actual[:16]}..., checksum stored "
+                                         f"in the file {expected[:16]}...); the checkpoint is corrupt")
+        verified = True
+    if not (verified or trust_unverified):
+        raise ValueError(f"{path}: has no checksum (no {os.path.basename(sidecar)} sidecar and none stored in the "
+                         f"file), so its integrity cannot be verified; pass trust_unverified=True to load it "
+                         f"anyway if you trust its origin")
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(_io.BytesIO(data), map_location=map_location, weights_only=False)
     except pickle.UnpicklingError as e:
-        if weights_only and "weights only" in str(e).lower() and "unsupported" in str(e).lower():
-            raise ValueError(f"{path}: has no .sha256 sidecar and holds objects beyond tensors/containers; "
-                             f"pass trust_unverified=True to unpickle it if you trust its origin") from e
         raise CorruptCheckpointError(f"{path}: cannot be unpickled ({e})") from e
     except (EOFError, zipfile.BadZipFile) as e:
         raise CorruptCheckpointError(f"{path}: unreadable or truncated checkpoint ({type(e).__name__}: "

@@ -221,8 +221,14 @@ def gaussian_2d_model(params, shape) -> np.ndarray:
     """Evaluate ``A·exp(−((x−x0)²/(2σx²) + (y−y0)²/(2σy²))) + offset`` for params (N, 6) ordered
     (A, x0, y0, σx, σy, offset) on an (h, w) grid (pixel ``i`` centred on coordinate ``i``); returns
     (N, h, w)."""
-    p = np.atleast_2d(np.asarray(params, np.float64))
-    h, w = int(shape[0]), int(shape[1])
+    p = np.atleast_2d(as_image_array(params, "params", ndim=(1, 2)).astype(np.float64))
+    if p.ndim != 2 or p.shape[1] != 6:
+        raise ValueError(f"params: expected shape (N, 6) = (A, x0, y0, sigma_x, sigma_y, offset), got "
+                         f"{np.shape(params)}")
+    try:
+        h, w = positive_int(shape[0], "shape[0]"), positive_int(shape[1], "shape[1]")
+    except (TypeError, IndexError):
+        raise ValueError(f"shape: expected (h, w) positive integers, got {shape!r}") from None
     gx = _axis_terms(p[:, 1], p[:, 3], np.arange(w, dtype=np.float64), 1)[0]
     gy = _axis_terms(p[:, 2], p[:, 4], np.arange(h, dtype=np.float64), 1)[0]
     return (p[:, 0, None] * gy)[:, :, None] * gx[:, None, :] + p[:, 5, None, None]
@@ -481,7 +487,9 @@ def fit_gaussian_2d(patches, pixel_um=1.0, max_iter: int = 100, ftol: float = 1e
     σ is reported as |σ| (the model depends on σ² only); FWHM = 2·sqrt(2 ln 2)·σ. ``cost`` is ½Σr² and
     ``residual_rms = sqrt(2·cost/(h·w − 6))``. ``success`` = converged, all parameters finite, a non-flat
     patch, A > 3·residual_rms (a spot above the residual noise), 0 < σx < w, 0 < σy < h and the centre
-    inside the patch (−0.5 ≤ x0 ≤ w − 0.5, same for y0).
+    inside the patch (−0.5 ≤ x0 ≤ w − 0.5, same for y0). Where ``success`` is False every fitted parameter
+    (amplitude, offset, centre, σ, FWHM) is NaN; ``cost``, ``residual_rms``, ``converged`` and ``n_iter`` keep
+    the diagnostics of the attempt.
     """
     arr = as_image_array(patches, "patches", ndim=(2, 3))
     if arr.ndim == 2:
@@ -518,6 +526,8 @@ def fit_gaussian_2d(patches, pixel_um=1.0, max_iter: int = 100, ftol: float = 1e
     with np.errstate(invalid="ignore"):
         success = (converged & finite & (ptp > 0) & (A > 3.0 * rms) & (sx > 0) & (sx < w) & (sy > 0)
                    & (sy < h) & (x0 >= -0.5) & (x0 <= w - 0.5) & (y0 >= -0.5) & (y0 <= h - 0.5))
+    for v in (A, B, x0, y0, sx, sy):  # a failed fit reports no parameters, not the last LM iterate
+        v[~success] = np.nan
     return GaussianFit(amplitude=A, offset=B, x0=x0, y0=y0, sigma_x=sx, sigma_y=sy,
                        sigma_x_um=sx * px_um, sigma_y_um=sy * py_um,
                        fwhm_x_um=FWHM_PER_SIGMA * sx * px_um, fwhm_y_um=FWHM_PER_SIGMA * sy * py_um,

@@ -2,14 +2,17 @@
 
 Units: lengths in µm, spatial frequencies in cycles/µm, phases in rad.
 
-Model (DESIGN.md "Physics you need"). On a lateral grid of N samples of size dx the pupil is
+Model (docs/DESIGN.md "Physics you need"). On a lateral grid of N samples of size dx the pupil is
 
-    P(f) = A(f) · exp(i·Φ_mask(ρ, φ)) · exp(i·2π·(z·k_s(f) − z_nfp·k_i(f))) · exp(−2πi·(f_x·x0 + f_y·y0))
+    P(f) = A(f) · exp(i·Φ_mask(ρ, φ)) · exp(i·2π·(z·k_s(f) − z_nfp·k_i(f))) · exp(+2πi·(f_x·x0 + f_y·y0))
 
 with A the aperture |f| ≤ NA/λ (and |f| < n_s/λ: rays beyond the critical angle do not leave the sample),
 k_m(f) = sqrt((n_m/λ)² − |f|²) the axial wave number in medium m (s: sample, i: immersion), z the emitter's
 axial position and z_nfp the nominal focal plane (for n_s = n_i this is plain defocus by z − z_nfp).
-The PSF is |ifft2(P)|², normalised so that one photon passes the aperture: the computed (padded, un-cropped)
+The PSF is |F(P)|² with F the *forward* DFT (``fft2``, norm 'forward'), as in the DeepSTORM3D release; the
+inverse DFT would rotate an asymmetric mask's PSF by 180°, which the real telomere snapshots reject
+(tests/test_deepstorm3d.py pins it on them). Hence the ramp's + sign above (a point at +x0). The PSF is
+normalised so that one photon passes the aperture: the computed (padded, un-cropped)
 field of every plane holds the same energy (Parseval), just under one photon (the far tails beyond the grid),
 and cropping to the field of view loses what falls outside it.
 
@@ -86,6 +89,64 @@ def _check_optics(na, wavelength_um, n_immersion, n_sample, pixel_um):
     return na, wavelength_um, n_immersion, n_sample, pixel_um
 
 
+class SamplingWarning(UserWarning):
+    """A PSF requested on a grid that cannot represent it: camera pixels coarser than λ/(2·NA) (the image
+    aliases) or a defocus whose blur is wider than the computed field (it wraps around)."""
+
+
+#: share of an emitter's light that may fall beyond the computed field before :class:`SamplingWarning`
+WRAP_TOLERANCE = 0.2
+
+
+def _check_sampling(pixel_um: float, na: float, wavelength_um: float, oversample) -> None:
+    """Raise when an explicit ``oversample`` leaves the field sample coarser than λ/(2·NA) (the pupil does not
+    fit the frequency grid: the PSF aliases); warn when the camera pixel itself is coarser than λ/(2·NA)."""
+    field_limit = wavelength_um / (2.0 * na)
+    if oversample is not None and not isinstance(oversample, bool) and isinstance(oversample, (int, np.integer)) \
+            and oversample >= 1 and pixel_um / oversample > field_limit * (1 + 1e-9):
+        need = math.ceil(pixel_um / nyquist_pixel_um(na, wavelength_um) - 1e-9)
+        raise ValueError(f"oversample: pixel_um/oversample = {pixel_um / oversample:.4g} µm is coarser than the "
+                         f"field's sampling limit λ/(2·NA) = {field_limit:.4g} µm, so the pupil does not fit the "
+                         f"frequency grid and the PSF aliases; use oversample >= {need} (λ/(4·NA) = "
+                         f"{nyquist_pixel_um(na, wavelength_um):.4g} µm) or None (automatic)")
+    if pixel_um > field_limit * (1 + 1e-6):
+        import warnings
+        warnings.warn(f"pixel_um: {pixel_um:.4g} µm is coarser than λ/(2·NA) = {field_limit:.4g} µm (NA {na:g}, "
+                      f"λ {wavelength_um:g} µm): the PSF is integrated correctly over each pixel, but images "
+                      f"sampled this coarsely alias (Nyquist pixel λ/(4·NA) = "
+                      f"{nyquist_pixel_um(na, wavelength_um):.4g} µm)", SamplingWarning, stacklevel=3)
+
+
+def wrap_fraction(grid: "PupilGrid", z_um, nfp_um: float = 0.0) -> np.ndarray:
+    """Share of each emitter's light (B,) that the computed field cannot hold: the pupil area whose ray
+    displacement |z·f/k_s(f) − z_nfp·f/k_i(f)| (the gradient of the defocus phase over 2π: the geometric blur
+    radius) exceeds L − n·p/2, the distance at which the periodic field of width L = ``n_padded``·p folds light
+    back onto the returned n·p crop."""
+    z = np.asarray(torch.as_tensor(z_um).detach().cpu().double(), dtype=np.float64).reshape(-1, 1)
+    f_max = min(grid.na, grid.n_sample) / grid.wavelength_um
+    f = (np.arange(512) + 0.5) / 512 * f_max  # radial samples of the open pupil; area weight ∝ f
+    ks = np.sqrt(np.maximum((grid.n_sample / grid.wavelength_um) ** 2 - f ** 2, 1e-30))
+    ki = np.sqrt(np.maximum((grid.n_immersion / grid.wavelength_um) ** 2 - f ** 2, 1e-30))
+    shift = np.abs(z * f / ks - float(nfp_um) * f / ki)
+    limit = (grid.n_padded - grid.n_pixels / 2.0) * grid.pixel_um
+    return (f * (shift > limit)).sum(axis=1) / f.sum()
+
+
+def _warn_if_wrapped(grid: "PupilGrid", z: Tensor, nfp_um: float) -> None:
+    with torch.no_grad():
+        frac = wrap_fraction(grid, z, nfp_um)
+    worst = int(np.argmax(frac))
+    if frac[worst] > WRAP_TOLERANCE:
+        import warnings
+        limit = (grid.n_padded - grid.n_pixels / 2.0) * grid.pixel_um
+        f_in = math.sqrt(1 - WRAP_TOLERANCE) * min(grid.na, grid.n_sample) / grid.wavelength_um
+        tan = f_in / math.sqrt((grid.n_sample / grid.wavelength_um) ** 2 - f_in ** 2)  # ray angle enclosing 1 - tol
+        warnings.warn(f"z_um: a defocus of {float(z.reshape(-1)[worst]):.4g} µm spreads {frac[worst]:.0%} of the "
+                      f"light beyond the computed field ({grid.n_padded * grid.pixel_um:.4g} µm, periodic), so it "
+                      f"wraps around onto the PSF; this field holds blur radii up to {limit:.4g} µm, i.e. "
+                      f"|z - z_nfp| <~ {limit / tan:.4g} µm; enlarge n_pixels or pad", SamplingWarning, stacklevel=3)
+
+
 def make_pupil_grid(n_pixels: int, pixel_um: float, na: float, wavelength_um: float, n_immersion: float,
                     n_sample: Optional[float] = None, pad: float = 2.0, oversample: Optional[int] = None,
                     dtype: torch.dtype = torch.float32, device=None,
@@ -103,6 +164,7 @@ def make_pupil_grid(n_pixels: int, pixel_um: float, na: float, wavelength_um: fl
     na, wavelength_um, n_immersion, n_sample, pixel_um = _check_optics(na, wavelength_um, n_immersion,
                                                                        n_sample, pixel_um)
     pad = in_range(pad, "pad", 1.0, 16.0)
+    _check_sampling(pixel_um, na, wavelength_um, oversample)
     if oversample is None:
         oversample = max(1, math.ceil(pixel_um / nyquist_pixel_um(na, wavelength_um) - 1e-9))
     oversample = positive_int(oversample, "oversample")
@@ -151,6 +213,8 @@ def mask_phase_on_grid(mask: MaskLike, grid: PupilGrid) -> Optional[Tensor]:
 
 
 def _as_batch(values, name: str, grid: PupilGrid, width: int = 1) -> Tensor:
+    if torch.is_tensor(values) and values.is_complex() or not torch.is_tensor(values) and np.iscomplexobj(values):
+        raise ValueError(f"{name}: must be real positions in µm, got complex values")
     t = torch.as_tensor(values, dtype=grid.rho.dtype, device=grid.rho.device)
     if width == 1:
         t = t.reshape(-1)
@@ -169,6 +233,7 @@ def pupil_field(grid: PupilGrid, z_um, xy_um=None, nfp_um: float = 0.0, mask: Ma
     """Complex pupil functions (B, N, N) for emitters at axial positions ``z_um`` (B,), lateral offsets
     ``xy_um`` (B, 2) as (x, y) in µm from the PSF centre, nominal focal plane ``nfp_um``."""
     z = _as_batch(z_um, "z_um", grid)
+    _warn_if_wrapped(grid, z, nfp_um)
     phase = 2 * math.pi * (z[:, None, None] * grid.kz_sample - float(nfp_um) * grid.kz_immersion)
     # put the point at the centre of the central camera pixel (see module docstring)
     centre_shift_um = 0.5 * (grid.oversample - 1) * grid.dx_um
@@ -180,7 +245,8 @@ def pupil_field(grid: PupilGrid, z_um, xy_um=None, nfp_um: float = 0.0, mask: Ma
             raise ValueError(f"xy_um: has {xy.shape[0]} rows but z_um has {z.shape[0]}")
         x0 = x0 + xy[:, 0]
         y0 = y0 + xy[:, 1]
-    phase = phase - 2 * math.pi * (grid.fx * x0[:, None, None] + grid.fy * y0[:, None, None])
+    # +: the forward FFT of _intensity_fine maps exp(+2πi f·x0) to a point at +x0
+    phase = phase + 2 * math.pi * (grid.fx * x0[:, None, None] + grid.fy * y0[:, None, None])
     mphase = mask_phase_on_grid(mask, grid)
     if mphase is not None:
         phase = phase + mphase
@@ -198,11 +264,12 @@ def _bin_and_crop(intensity_fine: Tensor, grid: PupilGrid) -> Tensor:
 
 
 def _intensity_fine(grid: PupilGrid, pupil: Tensor) -> Tensor:
-    """|ifft2(P)|² on the fine padded grid, centred (fftshift), normalised to one photon per plane."""
-    field = torch.fft.fftshift(torch.fft.ifft2(pupil), dim=(-2, -1))
+    """|fft2(P)/N²|² (forward DFT: image orientation of the DeepSTORM3D release and the real data) on the fine
+    padded grid, centred (fftshift), normalised to one photon per plane."""
+    field = torch.fft.fftshift(torch.fft.fft2(pupil, norm="forward"), dim=(-2, -1))
     intensity = field.real ** 2 + field.imag ** 2
     # One photon through the aperture: its energy is the aperture's area, Σ A over the samples (an edge sample
-    # is open over the fraction A of its area). Parseval gives Σ|ifft2(P)|² = Σ A² / N² ≤ Σ A / N²: the
+    # is open over the fraction A of its area). Parseval gives Σ|fft2(P)/N²|² = Σ A² / N² ≤ Σ A / N²: the
     # sliver Σ(A − A²) is what the sub-sample edge diffracts beyond the grid's band, i.e. far tails.
     energy = grid.aperture.sum() / grid.n_fine ** 2
     return intensity / energy
@@ -361,7 +428,7 @@ def double_helix_mask(n_rings: int = 4, orientation_deg: float = 0.0) -> Callabl
     """Double-helix zone mask: ``n_rings`` equal-area rings, ring l = 1…L carries the spiral phase (2l−1)·φ.
 
     Equal-area ring edges are at ρ = sqrt(l/L). The two-lobed PSF rotates monotonically with defocus
-    (Prasad 2013 rotating-PSF zone plate; DESIGN.md).
+    (Prasad 2013 rotating-PSF zone plate; docs/DESIGN.md).
     """
     n_rings = positive_int(n_rings, "n_rings")
     t = math.radians(orientation_deg)
@@ -453,7 +520,8 @@ def numpy_psf(*args, **kwargs) -> np.ndarray:
 __all__ = [
     "PupilGrid", "make_pupil_grid", "pupil_field", "psf_from_grid", "widefield_psf", "confocal_psf", "zernike",
     "astigmatic_mask", "tetrapod_mask", "zernike_mask", "TETRAPOD_ZERNIKE_RAD", "double_helix_mask", "ArrayMask", "learnable_mask", "nyquist_pixel_um",
-    "lateral_fwhm_theory_um", "depth_of_field_theory_um", "numpy_psf", "FWHM_PER_SIGMA",
+    "lateral_fwhm_theory_um", "depth_of_field_theory_um", "numpy_psf", "FWHM_PER_SIGMA", "SamplingWarning",
+    "wrap_fraction",
 ]
 
 
@@ -481,7 +549,24 @@ class Microscope:
     name: str = ""
 
     def __post_init__(self):
+        for key in ("na", "wavelength_um", "n_immersion", "pixel_um", "n_sample", "nfp_um", "excitation_um",
+                    "pinhole_au"):
+            v = getattr(self, key)
+            if v is None and key in ("n_sample", "excitation_um"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(v):
+                raise ValueError(f"{key}: expected a finite real number, got {type(v).__name__} {v!r}")
+        if not isinstance(self.modality, str) or not isinstance(self.name, str):
+            bad = "modality" if not isinstance(self.modality, str) else "name"
+            raise ValueError(f"{bad}: expected a string, got {getattr(self, bad)!r}")
+        if self.mask is not None and not (callable(self.mask) or isinstance(self.mask, (np.ndarray, torch.Tensor))):
+            raise ValueError(f"mask: expected None, a callable mask(rho, phi), an ArrayMask or a phase array, got "
+                             f"{type(self.mask).__name__}")
         _check_optics(self.na, self.wavelength_um, self.n_immersion, self.n_sample, self.pixel_um)
+        if self.excitation_um is not None:
+            in_range(self.excitation_um, "excitation_um", 0.2, 2.0)
+        in_range(self.pinhole_au, "pinhole_au", 0.0, 20.0)
         if self.modality not in ("widefield", "confocal"):
             raise ValueError(f"modality: must be 'widefield' or 'confocal', got {self.modality!r}")
         if self.modality == "confocal" and self.excitation_um is None:

@@ -100,3 +100,18 @@ def test_single_molecules_density_and_photons():
 def test_index_mismatch_uses_render_points_not_volume_convolution():
     with pytest.raises(ValueError, match="microscope"):
         imaging.psf_stack_for_volume(optics.STORM_100X, 3, 0.5, 16)
+
+
+def test_camera_dataclass_forward_expectation_and_inverse():
+    import torch
+    from refocuslib.imaging import Camera, camera
+    cam = Camera(qe=0.7, gain=2.0, read_noise_e=1.0, baseline_adu=100.0, background_photons=5.0)
+    ph = torch.full((64, 64), 50.0)
+    torch.testing.assert_close(cam.counts(ph, torch.Generator().manual_seed(3)),
+                               camera(ph, torch.Generator().manual_seed(3), qe=0.7, gain=2.0, read_noise_e=1.0,
+                                      baseline_adu=100.0, background_photons=5.0))
+    torch.testing.assert_close(cam.photons(cam.expected(ph)), ph)
+    noisy = cam.counts(torch.full((256, 256), 50.0), 0)
+    assert float(cam.photons(noisy).mean()) == pytest.approx(50.0, rel=0.01)
+    with pytest.raises(ValueError, match="qe"):
+        Camera(qe=1.5)

@@ -55,7 +55,60 @@ def test_read_plain_tiff(tmp_path):
     tifffile.imwrite(tmp_path / "plain.tif", a, photometric="minisblack")
     b, meta = read_tiff(tmp_path / "plain.tif")
     assert np.array_equal(a, b)
-    assert meta == {"pixel_um": None, "z_step_um": None, "axes": None, "metadata": {}}
+    assert meta == {"pixel_um": None, "z_step_um": None, "axes": None, "metadata": {}, "pixel_source": None,
+                    "pixel_note": "the TIFF resolution tag has no unit"}
+
+
+def test_ome_tiff_pixel_size_with_units(tmp_path):
+    a = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16)
+    tifffile.imwrite(tmp_path / "um.ome.tif", a, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.325, "PhysicalSizeZ": 0.5})
+    b, meta = read_tiff(tmp_path / "um.ome.tif")
+    assert np.array_equal(a, b) and meta["axes"] == "ZYX" and meta["pixel_source"] == "ome"
+    assert meta["pixel_um"] == pytest.approx(0.325) and meta["z_step_um"] == pytest.approx(0.5)
+    tifffile.imwrite(tmp_path / "nm.ome.tif", a, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 325, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 325,
+                               "PhysicalSizeYUnit": "nm"})
+    assert read_tiff(tmp_path / "nm.ome.tif")[1]["pixel_um"] == pytest.approx(0.325)
+    tifffile.imwrite(tmp_path / "none.ome.tif", a, ome=True)  # OME without a physical size: the caller is told
+    meta = read_tiff(tmp_path / "none.ome.tif")[1]
+    assert meta["pixel_um"] is None and "PhysicalSizeX" in meta["pixel_note"]
+
+
+@pytest.mark.parametrize("unit, res, expected", [("CENTIMETER", 1 / 0.325e-4, 0.325),
+                                                 ("MILLIMETER", 1 / 0.325e-3, 0.325), ("MICROMETER", 1 / 0.325, 0.325),
+                                                 ("INCH", 300.0, None), ("NONE", 3.0, None)])
+def test_plain_tiff_resolution_units(tmp_path, unit, res, expected):
+    tifffile.imwrite(tmp_path / "r.tif", np.ones((8, 8), np.uint8), resolution=(res, res), resolutionunit=unit)
+    meta = read_tiff(tmp_path / "r.tif")[1]
+    if expected is None:  # dots per inch or no unit: no pixel size, and why
+        assert meta["pixel_um"] is None and meta["pixel_source"] is None and "resolution" in meta["pixel_note"]
+    else:
+        assert meta["pixel_um"] == pytest.approx(expected, rel=1e-6) and meta["pixel_source"] == "tiff-resolution"
+
+
+@pytest.mark.parametrize("kind", ["imagej", "ome", "plain"])
+@pytest.mark.parametrize("fraction", [0.01, 0.5, 0.9])
+def test_truncated_tiff_names_the_file_and_logs_nothing(tmp_path, kind, fraction, caplog, capfd):
+    a = np.arange(3 * 32 * 32, dtype=np.uint16).reshape(3, 32, 32) + 1
+    full = tmp_path / "full.tif"
+    kwargs = {"imagej": True} if kind == "imagej" else {"ome": True} if kind == "ome" else {"photometric": "minisblack"}
+    tifffile.imwrite(full, a, **kwargs)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ValueError, match="cut.tif.*(truncated|corrupt)"):
+        read_tiff(cut)
+    out, err = capfd.readouterr()
+    assert "tifffile" not in err and "invalid" not in err and not caplog.records
+
+
+def test_checkpoint_passed_as_tiff_and_missing_tiff(tmp_path):
+    save_checkpoint(tmp_path / "ck.pt", {"w": torch.ones(2)})
+    with pytest.raises(ValueError, match="ck.pt.*not a TIFF"):
+        read_tiff(tmp_path / "ck.pt")
+    with pytest.raises(FileNotFoundError, match="nope.tif"):
+        read_tiff(tmp_path / "nope.tif")
 
 
 @pytest.mark.parametrize("array, kwargs, match", [
@@ -117,23 +170,62 @@ def test_truncated_file_raises_corrupt_with_and_without_sidecar(tmp_path):
     p = tmp_path / "ckpt.pt"
     save_checkpoint(p, _obj())
     p.write_bytes(p.read_bytes()[: os.path.getsize(p) // 2])
-    with pytest.raises(CorruptCheckpointError, match="SHA-256"):
+    with pytest.raises(CorruptCheckpointError, match="ckpt.pt.*truncated"):
         load_checkpoint(p)
     os.remove(str(p) + ".sha256")
-    with pytest.raises(CorruptCheckpointError, match="ckpt.pt"):
+    for trust in (False, True):
+        with pytest.raises(CorruptCheckpointError, match="ckpt.pt.*truncated"):
+            load_checkpoint(p, trust_unverified=trust)
+    p.write_bytes(b"")
+    with pytest.raises(CorruptCheckpointError, match="empty"):
         load_checkpoint(p, trust_unverified=True)
-    with pytest.raises(CorruptCheckpointError):
-        load_checkpoint(p)
 
 
-def test_unverified_checkpoint_uses_weights_only(tmp_path):
+def _flip_byte_in_tensor_data(path):
+    """Flip one byte inside the stored tensor data (so a weights-only load would still succeed)."""
+    data = bytearray(path.read_bytes())
+    marker = np.arange(64, dtype=np.float32).tobytes()
+    i = bytes(data).find(marker)
+    assert i > 0
+    data[i + 4 * 17] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_checksum_is_embedded_and_a_deleted_sidecar_still_verifies(tmp_path):
+    p = tmp_path / "ckpt.pt"
+    save_checkpoint(p, {"w": torch.arange(64, dtype=torch.float32)})
+    assert torch.equal(torch.load(p, weights_only=True)["w"], torch.arange(64.0))  # still a plain torch file
+    os.remove(str(p) + ".sha256")
+    assert torch.equal(load_checkpoint(p)["w"], torch.arange(64.0))  # verified by the embedded checksum
+    _flip_byte_in_tensor_data(p)
+    for trust in (False, True):  # a checksum that is present is always checked
+        with pytest.raises(CorruptCheckpointError, match="ckpt.pt.*stored in the file"):
+            load_checkpoint(p, trust_unverified=trust)
+
+
+def test_unverifiable_checkpoint_is_refused_unless_trusted(tmp_path):
     p = tmp_path / "foreign.pt"
-    torch.save({"w": torch.arange(3)}, p)  # tensors only: safe loader suffices
-    assert torch.equal(load_checkpoint(p)["w"], torch.arange(3))
-    torch.save({"arr": np.arange(3)}, p)  # arbitrary pickle without checksum is refused by default
-    with pytest.raises(ValueError, match="trust_unverified"):
+    torch.save({"w": torch.arange(64, dtype=torch.float32)}, p)  # no sidecar, no embedded checksum
+    with pytest.raises(ValueError, match="foreign.pt.*no checksum.*trust_unverified=True"):
         load_checkpoint(p)
+    assert torch.equal(load_checkpoint(p, trust_unverified=True)["w"], torch.arange(64.0))
+    torch.save({"arr": np.arange(3)}, p)
     assert np.array_equal(load_checkpoint(p, trust_unverified=True)["arr"], np.arange(3))
+    # the case of the issue: an old-style file whose sidecar was deleted, with a flipped byte, is not loaded
+    torch.save({"w": torch.arange(64, dtype=torch.float32)}, p)
+    _flip_byte_in_tensor_data(p)
+    with pytest.raises(ValueError, match="no checksum"):
+        load_checkpoint(p)
+
+
+def test_tiff_or_other_file_passed_as_checkpoint_says_what_it_is(tmp_path):
+    write_tiff(tmp_path / "img.tif", np.ones((8, 8), np.float32))
+    for trust in (False, True):
+        with pytest.raises(CorruptCheckpointError, match="img.tif: is a TIFF image, not a checkpoint"):
+            load_checkpoint(tmp_path / "img.tif", trust_unverified=trust)
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(CorruptCheckpointError, match="notes.pt: is not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "notes.pt")
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path):
