@@ -41,21 +41,14 @@ results_dir = "results/ci/50_reliability"
 seed = 0
 device = "cpu"
 threads = 2
-deepz_ensemble_recipes = ["deepz_ens_s0", "deepz_ens_s1", "deepz_ens_s2"]  # refocuslib/recipes.yaml, one per seed
+deepz_ensemble_recipes = ["deepz_ens_s0", "deepz_ens_s1"]  # refocuslib/recipes.yaml, one per seed
 eval_fov_px = 96
 n_fields = 2  # held-out fields per condition
 in_range_planes_um = [-2.0, 2.0]  # input focal planes inside the trained ±3 µm (refocused back to the sample)
 beyond_range_planes_um = [-5.0, 5.0]  # DPM of ±5 µm: beyond the trained range
 unseen_kind = "filaments"  # trained on beads only
 low_snr_factor = 0.05  # photons × this for the low-SNR condition
-rmz_setup = {  # notebook 20's setup (only its Recurrent-MZ recipe is used; seed 0 shares 20's cached network)
-    "n_train": 12, "n_val": 2,
-    "nuclei": {"kind": "nuclei", "shape_yx": [64, 64], "n_planes": 13, "z_step_um": 0.5, "input_spacing_um": 3.0,
-               "n_inputs": 3, "n_objects": 10, "radius_um": [0.7, 1.2], "peak_photons": 1000.0},
-    "train": {"recurrent_mz": {"width": 0.5, "levels": 3, "batch_size": 8, "crop_px": 32, "n_inputs": [3],
-                               "jitter_planes": 1, "adv_weight": 0.5, "disc_channels": [16, 32, 64], "steps": 200,
-                               "lr_g": 2e-3, "lr_d": 1e-3, "val_every": 50}},
-}
+rmz_ensemble_recipes = ["rmz_nuclei", "rmz_nuclei_s1", "rmz_nuclei_s2"]  # refocuslib/recipes.yaml, one per seed
 rmz_n_test = 2
 timing_size_px = 256  # image side for the inference-time table
 use_shipped_checkpoints = True  # evaluate the shipped models of exactly these recipes (False: train them here)
@@ -69,18 +62,18 @@ import numpy as np
 
 from refocuslib import bench, recipes, reliability
 from refocuslib.datasets import deepz as dzdata
-from refocuslib.datasets.recurrent_mz import VolumeSpec, simulate_volumes
+from refocuslib.datasets.recurrent_mz import simulate_volumes
 from refocuslib.notebook import start_notebook
 from refocuslib.tasks import recurrent_mz as rmz
-from refocuslib.train import checkpoints_root
 
 t_start = time.time()
 rec, device = start_notebook(results_dir, profile, seed, device=device, threads=threads,
                              use_shipped_checkpoints=use_shipped_checkpoints,
-                             deepz_ensemble_recipes=deepz_ensemble_recipes, ensemble_seeds=ensemble_seeds, eval_fov_px=eval_fov_px,
+                             deepz_ensemble_recipes=deepz_ensemble_recipes, eval_fov_px=eval_fov_px,
                              n_fields=n_fields, in_range_planes_um=in_range_planes_um,
                              beyond_range_planes_um=beyond_range_planes_um, unseen_kind=unseen_kind,
-                             low_snr_factor=low_snr_factor, rmz_setup=rmz_setup, rmz_n_test=rmz_n_test)
+                             low_snr_factor=low_snr_factor, rmz_ensemble_recipes=rmz_ensemble_recipes,
+                             rmz_n_test=rmz_n_test)
 
 # %% [markdown]
 # ## 1 · The Deep-Z ensemble
@@ -191,18 +184,13 @@ for name in names[1:]:
 
 # %% [markdown]
 # ## 3 · Recurrent-MZ ensemble on volumes
-# Members trained on nuclei scans (notebook 20's recipe, one per seed). Conditions: held-out nuclei; beads (an
+# Members: the shipped recipes `rmz_nuclei` (notebook 20's model) and the same recipe with seeds 1 and 2. Conditions: held-out nuclei; beads (an
 # unseen sample type on the same scan grid); nuclei with 5 % of the photons.
 
 # %%
 t0 = time.time()
-spec = VolumeSpec(**rmz_setup["nuclei"])
-rmz_members = []
-for s in ensemble_seeds:
-    nets = rmz.train_models(spec, {"recurrent_mz": rmz_setup["train"]["recurrent_mz"]},
-                            checkpoints_root(results_dir), seed=int(s), device=device,
-                            methods=("recurrent_mz",), n_train=rmz_setup["n_train"], n_val=rmz_setup["n_val"])
-    rmz_members.append(nets.models["recurrent_mz"])
+spec = rmz.recipe_spec(rmz_ensemble_recipes[0])
+rmz_members = rmz.ensemble(results_dir, names=rmz_ensemble_recipes, device=device)
 rec.number("rmz_ensemble_seconds", time.time() - t0, "s")
 vol_conditions = {
     "in distribution": spec,

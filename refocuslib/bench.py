@@ -220,8 +220,28 @@ def bench_deepz(n: int | None = None, seed: int = 0, repeats: int = 2, batch: in
             out[f"{tag}_{size}_fast_s_per_image"] = t_fast
             out[f"{tag}_{size}_speedup"] = t_base / t_fast
             out[f"{tag}_{size}_max_abs_diff"] = float((res["fast"][:1].float() - ref).abs().max())
+            # oneDNN bfloat16 autocast (CPUs with AVX-512 BF16 / AMX run it natively; others emulate it slowly)
+            def bf16():
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    res["bf16"] = model(x[:1])
+            try:
+                t_bf16 = _best_time(bf16, reps)
+                out[f"{tag}_{size}_bf16_speedup"] = t_base / t_bf16
+                out[f"{tag}_{size}_bf16_max_abs_diff"] = float((res["bf16"].float() - ref).abs().max())
+            except RuntimeError as err:  # no bf16 kernels on this CPU: say so, keep float32
+                out[f"{tag}_{size}_bf16_error"] = str(err)[:120]
         out[f"{tag}_parameters"] = sum(p.numel() for p in model.parameters())
+    out["cpu_has_bf16"] = _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16")
     return out
+
+
+def _cpu_flag(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists ``flag`` (False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return any(flag in line.split() for line in fh if line.startswith("flags"))
+    except OSError:
+        return False
 
 
 @register("recurrent_mz")
@@ -380,6 +400,50 @@ def bench_wnet(n: int | None = None, seed: int = 0, repeats: int = 2, ci=(0.125,
     t = _best_time(lambda: [step() for _ in range(5)], repeats) / 5
     out["ci_train_s_per_step"] = t
     out["ci_train_steps_per_30s"] = 30.0 / t
+    return out
+
+
+#: one CPU training recipe per paper (refocuslib/recipes.yaml) for ``bench train``.
+TRAIN_RECIPES = ("deepz_beads", "wnet_dh", "rmz_nuclei", "ds3d_tetrapod")
+
+
+@register("train")
+def bench_train(n: int | None = None, seed: int = 0, recipes_=TRAIN_RECIPES) -> dict:
+    """Training throughput of each paper's shipped CPU recipe on this machine: steps/s of :func:`refocuslib.train.fit`
+    and the share of a step spent simulating its batch (``make_batch`` timed alone against a whole step), for ``n``
+    (default 20) steps after the data pool is built. Ratio, in the same process: fit with the background-thread
+    prefetch (the default for tasks whose batches do not depend on trained weights) over fit without it."""
+    import tempfile
+
+    import torch
+
+    from refocuslib import recipes
+    from refocuslib.train import fit, step_seed
+
+    steps = int(n or 20)
+    out: dict = {"threads": torch.get_num_threads(), "steps": steps}
+    for entry in recipes_:  # a recipe name, or a recipe dict (tests: a tiny one)
+        rec = recipes.recipe(entry)
+        name = rec["name"]
+        task = recipes.build(rec)
+        task.make_batch(0, torch.Generator().manual_seed(0))  # builds the sample pool / PSF caches once
+        t_data = _best_time(lambda: [task.make_batch(k, torch.Generator().manual_seed(step_seed(seed, k)))
+                                     for k in range(3)], 1) / 3
+        rates = {}
+        for prefetch in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = recipes.train_config(rec, tmp, progress=False, use_shipped=False, steps=steps + 1,
+                                           warmup_steps=0, val_every=10 ** 9, ckpt_every=10 ** 9,
+                                           restore_best=False, prefetch=prefetch)
+                t0 = time.perf_counter()
+                fit(task, cfg)
+                rates[prefetch] = steps / (time.perf_counter() - t0)
+        t_step = 1.0 / rates[False]
+        out[f"{name}_steps_per_s"] = rates[False]
+        out[f"{name}_steps_per_s_prefetch"] = rates[True]
+        out[f"{name}_prefetch_speedup"] = rates[True] / rates[False]
+        out[f"{name}_data_share"] = min(1.0, t_data / t_step)
+        out[f"{name}_prefetch_used"] = bool(getattr(task, "prefetch_safe", False))
     return out
 
 

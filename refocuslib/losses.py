@@ -15,8 +15,14 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
+def _same_shape(output: Tensor, target: Tensor) -> None:
+    if tuple(output.shape) != tuple(target.shape):  # broadcasting (B,1,H,W) against (B,H,W) would be silently wrong
+        raise ValueError(f"target: expected the output's shape {tuple(output.shape)}, got {tuple(target.shape)}")
+
+
 def mae(output: Tensor, target: Tensor) -> Tensor:
-    """Mean absolute error."""
+    """Mean absolute error (``output`` and ``target`` of one shape)."""
+    _same_shape(output, target)
     return (output - target).abs().mean()
 
 
@@ -32,11 +38,16 @@ def lsgan_discriminator_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
 
 def deepz_generator_loss(output: Tensor, target: Tensor, d_fake: Tensor, alpha: float = 0.02) -> Tensor:
     """Deep-Z Eq. 4: MAE(output, target) + α·(1 − D(output))², α = 0.02."""
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha: the adversarial weight must be a finite number >= 0, got {alpha!r}")
     return mae(output, target) + alpha * lsgan_generator_loss(d_fake)
 
 
 def berhu(output: Tensor, target: Tensor, c: float = 0.1) -> Tensor:
     """Reverse Huber (BerHu), Recurrent-MZ Eq. 8: |e| for |e| ≤ c, (e² + c²)/(2c) beyond (continuous at c)."""
+    if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
+        raise ValueError(f"c: the BerHu threshold must be a finite number > 0, got {c!r}")
+    _same_shape(output, target)
     e = (output - target).abs()
     return torch.where(e <= c, e, (e ** 2 + c ** 2) / (2 * c)).mean()
 

@@ -9,6 +9,7 @@ A recipe is written once, under a name::
       seed: 0
       about: {...}                # what a user needs to know: optics, trained range, sample, CPU-hours
       shipped: false              # (optional) paper-scale recipes of the full profile: never shipped or retrained
+      smoke: {params: {...}}      # (optional) overrides for the notebooks' training smoke (a smaller data pool)
 
 Its file name is ``<name>-<digest>`` where the digest hashes (task, params, train, seed): a shipped checkpoint
 ``data/checkpoints/<name>-<digest>.pt`` is used only for exactly the recipe that produced it. Notebooks and profiles
@@ -27,7 +28,7 @@ from refocuslib.train import (SHIPPED_DIR, TrainConfig, TrainResult, TrainTask, 
                               install_shipped, resolve_task_factory, settings_digest)
 
 RECIPES_PATH = Path(__file__).with_name("recipes.yaml")
-_RECIPE_KEYS = ("task", "params", "train", "seed", "about", "shipped")
+_RECIPE_KEYS = ("task", "params", "train", "seed", "about", "shipped", "smoke")
 _REGISTRY: Optional[dict] = None
 
 
@@ -95,9 +96,30 @@ def shipped_path(rec: dict) -> Path:
 
 def build(rec: dict) -> TrainTask:
     """The task of ``rec`` (its factory called with ``params``; the weights' initialisation seeded by ``seed``)."""
+    import inspect
+
     import torch
+    factory = resolve_task_factory(rec["task"])
+    sig = inspect.signature(factory)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = sorted(set(rec["params"]) - set(sig.parameters))
+        if unknown:
+            raise ValueError(f"recipe {rec.get('name')!r}: params {unknown} are not accepted by task {rec['task']!r}; "
+                             f"accepted: {sorted(sig.parameters)}")
     torch.manual_seed(int(rec.get("seed", 0)))
-    return resolve_task_factory(rec["task"])(**copy.deepcopy(rec["params"]))
+    try:
+        return factory(**copy.deepcopy(rec["params"]))
+    except TypeError as err:  # a factory passing **params on: name the key instead of a raw TypeError
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ValueError(f"recipe {rec.get('name')!r}: {err}; see the accepted parameters of task {rec['task']!r} "
+                         f"({refocuslib_task_doc(rec['task'])})") from None
+
+
+def refocuslib_task_doc(task: str) -> str:
+    """Where a task's accepted parameters are documented: its factory (``module:function``)."""
+    from refocuslib.train import TASKS
+    return TASKS.get(task, task)
 
 
 def train_config(rec: dict, out_dir, device: str = "cpu", progress: bool = True, **changes) -> TrainConfig:
@@ -142,8 +164,10 @@ def train_cached(name_or_recipe, results_dir, overrides: Optional[dict] = None, 
 def smoke(name_or_recipe, results_dir, steps: int = 30, device: str = "cpu", overrides: Optional[dict] = None
           ) -> TrainResult:
     """A short training run of the recipe from scratch (``steps`` steps, its own folder ``…-smoke``): shows that
-    the training path of a notebook works without paying for its training. Returns the result (losses logged)."""
-    rec = recipe(name_or_recipe, overrides)
+    the training path of a notebook works without paying for its training. The recipe's ``smoke`` block (e.g. a
+    smaller simulated data pool) is applied first, then ``overrides``. Returns the result (losses logged)."""
+    base = recipe(name_or_recipe)
+    rec = recipe(_merge(base, base.get("smoke") or {}), overrides)
     task = build(rec)
     out = checkpoints_root(results_dir) / f"{run_name(rec)}-smoke{int(steps)}"
     cfg = train_config(rec, out, device=device, progress=False, use_shipped=False, steps=int(steps),
@@ -188,3 +212,11 @@ def ship(name_or_recipe, run_dir=None, overrides: Optional[dict] = None) -> Path
     if missing:
         raise ValueError(f"provenance of {path.name} lacks {missing}")
     return path
+
+
+def stale_shipped(shipped_dir=None) -> list:
+    """Files in ``data/checkpoints`` that belong to no recipe of the registry (another digest: an older recipe);
+    they would never be loaded, so they are not kept."""
+    d = Path(shipped_dir) if shipped_dir is not None else SHIPPED_DIR
+    current = {run_name(recipe(n)) for n in registry()}
+    return sorted(p for p in d.glob("*.pt") if p.stem not in current)

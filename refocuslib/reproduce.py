@@ -44,8 +44,7 @@ __all__ = ["run_notebooks", "find_notebooks", "load_params", "notebook_parameter
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.py$")
 
 
-from refocuslib.notebook import FIGURE_DPI, Recorder, start_notebook  # noqa: F401  (the report reads notebooks' results)
-from refocuslib.provenance import _jsonable, _now, git_commit, provenance, repo_root  # noqa: F401
+from refocuslib.provenance import _jsonable, _now, provenance, repo_root
 
 
 # ------------------------------------------------------------------------------------------------- recorder

@@ -58,6 +58,8 @@ class TrainConfig:
     warmup_steps: int = 0               # linear warm-up from lr/100 over this many steps
     min_lr_ratio: float = 0.02          # cosine: final lr = ratio × lr; step: lr × 0.1 at 50 % and 75 %
     restore_best: bool = True           # at the end, load the best-validation weights into the generator
+    prefetch: bool = True               # build the next batch in a thread while the network trains, for tasks
+                                        # whose batches do not depend on trained parameters (TrainTask.prefetch_safe)
 
     def __post_init__(self):
         if int(self.steps) < 1:
@@ -102,6 +104,9 @@ class TrainTask(abc.ABC):
     """Interface a paper implements to use :func:`fit` (see the module docstring)."""
     generator: nn.Module
     discriminator: Optional[nn.Module] = None
+    #: True when ``make_batch`` reads no trained parameter (a simulator, not a learnable mask), so :func:`fit` may
+    #: build the next batch in a background thread while the current step trains.
+    prefetch_safe: bool = False
 
     @abc.abstractmethod
     def make_batch(self, step: int, generator: torch.Generator) -> Dict[str, Tensor]:
@@ -294,14 +299,29 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
     task.generator.train()
     if start == 0 and rank == 0 and not validation:
         run_validation(0)
+    def make_batch(step: int):
+        return task.make_batch(step, torch.Generator().manual_seed(step_seed(cfg.seed, step, rank)))
+
+    # the batch of step k depends only on (seed, k, rank): building it one step ahead in a thread while the network
+    # trains gives exactly the same batches (data simulation releases the GIL in numpy/torch kernels)
+    pool = None
+    if cfg.prefetch and getattr(task, "prefetch_safe", False) and start < cfg.steps:
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refocuslib-prefetch")
+        pending = pool.submit(make_batch, start)
     for step in range(start, cfg.steps):
         factor = lr_factor(step, cfg)
         for opt, lrs in zip((opt_g, opt_d), base_lrs):
             if opt is not None:
                 for group, lr0 in zip(opt.param_groups, lrs):
                     group["lr"] = lr0 * factor
-        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, rank))
-        batch = _to_device(task.make_batch(step, gen), device)
+        if pool is not None:
+            cpu_batch = pending.result()
+            if step + 1 < cfg.steps:
+                pending = pool.submit(make_batch, step + 1)
+        else:
+            cpu_batch = make_batch(step)
+        batch = _to_device(cpu_batch, device)
         logs: Dict[str, float] = {}
         with autocast:
             output = task.generate(batch)
@@ -339,6 +359,8 @@ def fit(task: TrainTask, cfg: TrainConfig) -> TrainResult:
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("g_loss", "d_loss")}, refresh=False)
+    if pool is not None:
+        pool.shutdown(wait=True)
     if bar is not None:
         bar.close()
     if rank == 0:
@@ -399,8 +421,11 @@ def _check_same_recipe(task: TrainTask, ck: dict, out: Path) -> None:
 
 def _load_resume_checkpoint(out: Path) -> Optional[dict]:
     """The newest good checkpoint of a run folder: ``last.pt``, or — when it is corrupt or truncated —
-    ``previous.pt`` (the one before it), saying what was skipped. None when the folder holds neither."""
+    ``previous.pt`` (the one before it), saying what was skipped. None when the folder holds neither; a
+    :class:`~refocuslib.io.CorruptCheckpointError` when checkpoints exist but none is good (a damaged run is never
+    silently restarted from step 0: delete the folder to start again)."""
     from refocuslib.io import CorruptCheckpointError
+    errors = []
     for name in ("last.pt", "previous.pt"):
         path = out / name
         if not path.exists():
@@ -409,9 +434,13 @@ def _load_resume_checkpoint(out: Path) -> Optional[dict]:
             ck = load_checkpoint(path, map_location="cpu")
         except CorruptCheckpointError as err:
             print(f"{out.name}: skipping the corrupt checkpoint {name} ({err})", flush=True)
+            errors.append(f"{name}: {err}")
             continue
         ck["_path"] = name
         return ck
+    if errors:
+        raise CorruptCheckpointError(f"{out}: no good checkpoint to resume from ({'; '.join(errors)}); delete the "
+                                     f"folder to train from scratch")
     return None
 
 

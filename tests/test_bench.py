@@ -15,7 +15,7 @@ def test_simulator_bench_reports_both_renderers():
 def test_every_paper_benchmark_runs_on_cpu_at_a_small_size():
     """`python -m refocuslib.bench all` runs every registered benchmark; here each at a small size in its own unit
     (fits, pixels, planes, tile) so the suite stays fast. Speed is reported, not asserted."""
-    assert set(bench.BENCHMARKS) == {"fwhm", "simulator", "deepz", "wnet", "recurrent_mz", "deepstorm3d"}
+    assert set(bench.BENCHMARKS) == {"fwhm", "simulator", "deepz", "wnet", "recurrent_mz", "deepstorm3d", "train"}
     out = {"fwhm": bench.bench_fwhm(n=64), "deepz": bench.bench_deepz(n=32, repeats=1),
            "wnet": bench.bench_wnet(n=32, repeats=1, ci=None), "recurrent_mz": bench.bench_recurrent_mz(n=2, size=64)}
     # simulator: test above; deepstorm3d: tests/test_deepstorm3d.py
@@ -26,3 +26,15 @@ def test_every_paper_benchmark_runs_on_cpu_at_a_small_size():
             assert math.isfinite(v) and v >= 0, (name, k, v)
     assert out["deepz"]["w1_l5_32_max_abs_diff"] < 1e-3  # the fast path computes the same output
     assert out["recurrent_mz"]["output_shape_ok"] is True
+
+
+def test_train_bench_reports_steps_per_s_data_share_and_prefetch_ratio():
+    from refocuslib import recipes
+    tiny = recipes.recipe("deepz_beads", {"params": {"data": {"field_px": 32, "crop_px": 16, "n_samples": 2,
+                                                              "z_half_range_um": 1.0}, "n_val": 2,
+                                                     "n_val_samples": 1, "levels": 2}})
+    out = bench.bench_train(n=3, recipes_=(tiny,))
+    for key in ("steps_per_s", "steps_per_s_prefetch", "prefetch_speedup", "data_share"):
+        v = out[f"deepz_beads_{key}"]
+        assert math.isfinite(v) and v > 0
+    assert out["deepz_beads_prefetch_used"] is True

@@ -130,7 +130,7 @@ def test_summary_and_report(ci_run):
         assert (nb_dir / f"{r['name']}.ipynb").is_file()
         html = (nb_dir / f"{r['name']}.html").read_text()
         assert "from refocuslib" not in html, f"{r['name']}.html should not show code"
-        assert (nb_dir / "results.json").is_file(), f"{r['name']}: no results.json (use reproduce.Recorder)"
+        assert (nb_dir / "results.json").is_file(), f"{r['name']}: no results.json (use refocuslib.notebook.Recorder)"
         assert r["figures"], f"{r['name']}: recorded no figure"
         section = report.split(f"id='{r['name']}'", 1)[1].split("<section", 1)[0]
         assert "data:image/png;base64," in section, f"report embeds no image for {r['name']}"

@@ -104,3 +104,35 @@ def test_train_cached_trains_when_nothing_is_shipped_and_says_so(tmp_path, capsy
 
 def test_shipped_dir_is_inside_the_repository():
     assert SHIPPED_DIR.parts[-2:] == ("data", "checkpoints")
+
+
+def test_prefetch_gives_exactly_the_batches_of_a_plain_run(tmp_path):
+    """fit's background-thread prefetch builds the same batches (they depend only on seed and step), so the
+    trained weights are identical with and without it."""
+    from refocuslib.train import weights_digest
+    rec = recipes.recipe("deepz_beads", {"params": {"data": {"field_px": 32, "crop_px": 16, "n_samples": 2,
+                                                             "z_half_range_um": 1.0}, "n_val": 2,
+                                                    "n_val_samples": 1, "levels": 2}})
+    digests = []
+    for prefetch in (False, True):
+        task = recipes.build(rec)
+        cfg = recipes.train_config(rec, tmp_path / str(prefetch), progress=False, use_shipped=False, steps=5,
+                                   warmup_steps=0, val_every=5, ckpt_every=5, restore_best=False, prefetch=prefetch)
+        fit(task, cfg)
+        digests.append(weights_digest(task.generator))
+    assert digests[0] == digests[1]
+
+
+def test_unknown_task_params_name_the_key():
+    """An unknown key in a recipe's params is a ValueError naming it, for every task (not a raw TypeError)."""
+    for task in ("deepstorm3d", "deepz"):
+        name = next((n for n in recipes.registry() if recipes.recipe(n)["task"] == task), None)
+        if name is None:
+            continue
+        with pytest.raises(ValueError, match="no_such_key"):
+            recipes.build(recipes.recipe(name, {"params": {"no_such_key": 1}}))
+
+
+def test_no_stale_shipped_checkpoints():
+    """Every file in data/checkpoints belongs to a current recipe (an older digest would never be loaded)."""
+    assert recipes.stale_shipped() == []

@@ -5,7 +5,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from refocuslib import cli, reproduce
+from refocuslib import cli, notebook, reproduce
 
 pytest.importorskip("papermill")
 
@@ -23,7 +23,7 @@ HEADER = textwrap.dedent('''\
 def test_recorder_writes_numbers_claims_figures_and_provenance(tmp_path):
     import matplotlib.pyplot as plt
 
-    rec = reproduce.Recorder(tmp_path / "out", profile="ci", seed=3, params={"n": np.int64(4), "a": np.float32(0.5)})
+    rec = notebook.Recorder(tmp_path / "out", profile="ci", seed=3, params={"n": np.int64(4), "a": np.float32(0.5)})
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     png = rec.figure(fig, "line", caption="a line")
@@ -49,7 +49,7 @@ def test_recorder_writes_numbers_claims_figures_and_provenance(tmp_path):
 
 
 def test_recorder_rejects_bad_figure_names(tmp_path):
-    rec = reproduce.Recorder(tmp_path)
+    rec = notebook.Recorder(tmp_path)
     with pytest.raises(ValueError):
         rec.figure(None, "../escape")
 
@@ -74,7 +74,7 @@ def tiny_project(tmp_path):
 
         # %%
         import matplotlib.pyplot as plt
-        from refocuslib.reproduce import Recorder
+        from refocuslib.notebook import Recorder
         rec = Recorder(results_dir, profile=profile, seed=seed, params={"value": value})
         fig, ax = plt.subplots()
         ax.plot([0, value])
@@ -171,7 +171,7 @@ def test_claim_verdicts_counts_and_report_headline(tmp_path):
     """A Verdict records its item count; below its minimum it is "not enough data", never ✓; the report's header
     says how many claims hold and a notebook with a failing claim is not shown as ok."""
     from refocuslib.evaluate import verdict
-    rec = reproduce.Recorder(tmp_path / "nb", profile="ci")
+    rec = notebook.Recorder(tmp_path / "nb", profile="ci")
     rec.claim("holds", "Fig. 1", "x", "y", verdict(True, 50, 20, "50 beads"))
     rec.claim("too few", "Fig. 1", "x", "y", verdict(True, 5, 20, "5 beads"))
     rec.claim("fails", "Fig. 2", "x", "y", verdict(False, 50, 20))
@@ -219,17 +219,17 @@ def test_start_notebook_sets_threads_seed_shipped_switch_and_records_params(tmp_
     from refocuslib import train
     threads = torch.get_num_threads()
     try:
-        rec, device = reproduce.start_notebook(tmp_path / "nb", "ci", 7, device="cuda:0", threads=1,
+        rec, device = notebook.start_notebook(tmp_path / "nb", "ci", 7, device="cuda:0", threads=1,
                                                use_shipped_checkpoints=True, width=0.25)
         if not torch.cuda.is_available():
             assert device == "cpu" and "not available" in capsys.readouterr().out
         assert torch.get_num_threads() == 1 and train._USE_SHIPPED is True
         assert rec.params == {"device": device, "threads": 1, "use_shipped_checkpoints": True, "width": 0.25}
         a = torch.rand(3)
-        reproduce.start_notebook(tmp_path / "nb", "ci", 7, use_shipped_checkpoints=False)
+        notebook.start_notebook(tmp_path / "nb", "ci", 7, use_shipped_checkpoints=False)
         assert torch.equal(a, torch.rand(3)) and train._USE_SHIPPED is False  # seeded the same way
         with pytest.raises(ValueError, match="threads"):
-            reproduce.start_notebook(tmp_path / "nb", threads=0)
+            notebook.start_notebook(tmp_path / "nb", threads=0)
     finally:
         torch.set_num_threads(threads)
         train.use_shipped_checkpoints(False)

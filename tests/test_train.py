@@ -86,13 +86,83 @@ def test_gan_updates_both_networks(tmp_path):
     assert sum("d_loss" in h for h in res.history) >= 1
 
 
-def test_corrupt_checkpoint_is_reported(tmp_path):
+def test_corrupt_last_checkpoint_without_a_previous_one_is_refused(tmp_path, capsys):
     fit(BlurTask(), TrainConfig(steps=2, out_dir=str(tmp_path), progress=False))
     data = bytearray((tmp_path / "last.pt").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tmp_path / "last.pt").write_bytes(bytes(data))
-    with pytest.raises(CorruptCheckpointError, match="last.pt"):
+    capsys.readouterr()
+    with pytest.raises(CorruptCheckpointError, match="no good checkpoint to resume from"):
         fit(BlurTask(), TrainConfig(steps=4, out_dir=str(tmp_path), progress=False))
+    out = capsys.readouterr().out
+    assert "skipping the corrupt checkpoint last.pt" in out and "SHA-256 mismatch" in out
+
+
+def _weights(task):
+    return [v.clone() for v in task.generator.state_dict().values()]
+
+
+def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    cfg = dict(lr_g=1e-3, ckpt_every=4, val_every=4, progress=False, restore_best=False)
+    full = BlurTask()
+    fit(full, TrainConfig(steps=12, out_dir=str(tmp_path / "full"), **cfg))
+    part = tmp_path / "part"
+    fit(BlurTask(), TrainConfig(steps=8, out_dir=str(part), **cfg))
+    assert (part / "previous.pt").exists() and (part / "previous.pt.sha256").exists()  # the last two are kept
+    last = part / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # e.g. a full disk
+    capsys.readouterr()
+    resumed = BlurTask()
+    res = fit(resumed, TrainConfig(steps=12, out_dir=str(part), **cfg))
+    out = capsys.readouterr().out
+    assert "skipping the corrupt checkpoint last.pt" in out and "truncated" in out
+    assert "resuming from step 4 of 12 (previous.pt)" in out
+    assert res.resumed_from == 4
+    for a, b in zip(_weights(full), _weights(resumed)):  # the exact continuation from the step-4 checkpoint
+        assert torch.equal(a, b)
+
+
+def test_resume_prints_one_line_with_progress_off(tmp_path, capsys):
+    fit(BlurTask(), TrainConfig(steps=4, out_dir=str(tmp_path), progress=False))
+    capsys.readouterr()
+    fit(BlurTask(), TrainConfig(steps=6, out_dir=str(tmp_path), progress=False))
+    captured = capsys.readouterr()
+    lines = [ln for ln in (captured.out + captured.err).splitlines() if "resuming" in ln]
+    assert lines == [f"{tmp_path.name}: resuming from step 4 of 6 (last.pt)"]
+    capsys.readouterr()
+    fit(BlurTask(), TrainConfig(steps=6, out_dir=str(tmp_path), progress=False))  # finished: nothing to resume
+    assert "resuming" not in capsys.readouterr().out
+
+
+class WideBlurTask(BlurTask):
+    """BlurTask with a wider generator, recording its width in the checkpoint's extra state."""
+
+    def __init__(self, width=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.width = width
+        self.generator = ResUNet2D(1, 1, [(4 * width, 4 * width), (8 * width, 8 * width)])
+
+    def extra_state(self):
+        return {"model": {"width": self.width}}
+
+
+def test_resume_into_a_folder_of_another_recipe_names_the_differing_fields(tmp_path):
+    fit(WideBlurTask(1), TrainConfig(steps=2, out_dir=str(tmp_path), progress=False))
+    with pytest.raises(ValueError, match=r"belongs to another recipe.*model\.width: 1 in the folder, 2 now") as info:
+        fit(WideBlurTask(2), TrainConfig(steps=4, out_dir=str(tmp_path), progress=False))
+    assert "differ in shape" in str(info.value) and "size mismatch" not in str(info.value)
+    with pytest.raises(ValueError, match="task: WideBlurTask in the folder, BlurTask now"):
+        fit(BlurTask(), TrainConfig(steps=4, out_dir=str(tmp_path), progress=False))
+
+
+def test_deepz_resume_with_another_width_names_the_recipe_fields(tmp_path):
+    from refocuslib.tasks.deepz import build_task
+    spec = {"data": {"z_half_range_um": 1.0, "field_px": 32, "crop_px": 16, "n_samples": 1}, "levels": 2,
+            "disc_blocks": 2, "n_val": 1, "n_val_samples": 1, "batch_size": 1, "gan": False}
+    fit(build_task({**spec, "width": 0.0625}), TrainConfig(steps=1, out_dir=str(tmp_path), progress=False))
+    with pytest.raises(ValueError, match=r"belongs to another recipe.*model\.width: 0\.0625 in the folder, 0\.125 now"):
+        fit(build_task({**spec, "width": 0.125}), TrainConfig(steps=2, out_dir=str(tmp_path), progress=False))
 
 
 @pytest.mark.parametrize("kwargs,name", [(dict(steps=0), "steps"), (dict(lr_g=-1.0), "lr_g"),

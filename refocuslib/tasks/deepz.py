@@ -49,6 +49,7 @@ class DeepZTask(TrainTask):
     ``val_seed`` a disjoint held-out pool of ``n_val_samples`` samples from which ``n_val`` validation pairs are
     drawn. ``init_seed`` seeds the weights.
     """
+    prefetch_safe = True  # batches come from the simulator alone
 
     def __init__(self, data: Optional[DeepZDataConfig] = None, width: float = 1.0, levels: int = 5,
                  disc_width: Optional[float] = None, disc_blocks: int = 6, gan: bool = True, alpha: float = 0.02,
