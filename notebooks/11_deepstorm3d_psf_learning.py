@@ -120,14 +120,7 @@ rec.figure(fig, "learned_mask_psf", "The paper's learned PSF (top) and the fabri
            "the axial range (paper Fig. 4b).")
 
 
-def footprint_px(stack, frac=0.5):
-    """Pixels holding the brightest ``frac`` of each plane's light (the PSF's footprint)."""
-    out = []
-    for p in stack:
-        v = np.sort(p.ravel())[::-1]
-        out.append(int(np.searchsorted(np.cumsum(v) / v.sum(), frac)) + 1)
-    return np.array(out)
-
+from refocuslib.evaluate.deepstorm3d import footprint_px
 
 fp_l, fp_t = footprint_px(psf_learned), footprint_px(psf_tetra)
 print(f"pixels holding 50 % of the light, mean over z: learned {fp_l.mean():.0f}, Tetrapod {fp_t.mean():.0f}")

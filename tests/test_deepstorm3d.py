@@ -384,3 +384,14 @@ def test_validation_scores_jaccard_with_zero_and_identity_baselines():
     # a perfect grid (the target itself; voxel centres within 150 nm of the truth) scores 1 − J = 0
     table = task.jaccard_by_threshold(task.val_batch["target"], task.val_batch)
     assert max(r["mean_jaccard"] for r in table.values()) == 1.0
+
+
+def test_footprint_px_counts_the_pixels_holding_half_the_light():
+    import numpy as np
+    from refocuslib.evaluate.deepstorm3d import footprint_px
+    st = np.zeros((2, 8, 8))
+    st[0, 0, :4] = 1.0          # 4 equal pixels: half the light in 2 of them
+    st[1, 3, 3] = 1.0           # one pixel
+    assert footprint_px(st).tolist() == [2, 1]
+    with pytest.raises(ValueError, match="light"):
+        footprint_px(np.zeros((1, 4, 4)))

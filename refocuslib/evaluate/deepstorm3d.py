@@ -255,3 +255,21 @@ def telomere_count(counts: Sequence[int], low: int = 45, high: int = 75, min_sna
     c = [int(v) for v in counts]
     return verdict(bool(c) and all(low <= v <= high for v in c), len(c), min_snapshots,
                    f"detections per snapshot {c}; needs {low}–{high} (paper 57 of ≈ 62)")
+
+
+def footprint_px(stack, frac: float = 0.5) -> np.ndarray:
+    """Per plane of a PSF stack (nz, H, W): the number of pixels holding the brightest ``frac`` of its light (the
+    PSF's footprint; DeepSTORM3D Fig. 4 compares the learned PSF's with the Tetrapod's)."""
+    from refocuslib._validate import in_range as _in_range
+    st = np.asarray(stack, dtype=np.float64)
+    if st.ndim != 3:
+        raise ValueError(f"stack: expected (nz, H, W), got shape {st.shape}")
+    frac = _in_range(frac, "frac", 0.0, 1.0, lo_open=True)
+    out = []
+    for p in st:
+        v = np.sort(p.ravel())[::-1]
+        total = v.sum()
+        if not total > 0:
+            raise ValueError("stack: every plane must hold some light (sum > 0)")
+        out.append(int(np.searchsorted(np.cumsum(v) / total, frac)) + 1)
+    return np.array(out)
