@@ -50,14 +50,11 @@ def resolve_model(model: str) -> Tuple[Path, Optional[dict], dict]:
             raise CLIError(f"--model: recipe {model!r} has no shipped checkpoint ({path.name}); train it with: "
                            f"python -m refocuslib.train --recipe {model} --threads 1")
         return path, rec, dict(rec.get("about") or {})
-    path = Path(model)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise CLIError(f"--model: no best.pt or last.pt in {model}")
+    from refocuslib.io import resolve_checkpoint
+    try:
+        path = resolve_checkpoint(model)
+    except FileNotFoundError:
+        raise CLIError(f"--model: no best.pt or last.pt in {model}") from None
     if not path.is_file():
         raise CLIError(f"--model: {model!r} is neither a recipe name ({', '.join(recipes.shipped_names())}) nor "
                        f"a checkpoint file")

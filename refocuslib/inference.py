@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,17 +30,10 @@ MIN_IMAGE_PX = 8
 def load_model(checkpoint, device="cpu") -> nn.Module:
     """The Deep-Z generator of a checkpoint (a ``.pt`` file, or a training folder: ``best.pt``, else
     ``last.pt``), in eval mode, with attributes ``trained_range_um`` (lo, hi), ``pixel_um`` and ``model_info``."""
-    from refocuslib.io import load_checkpoint
+    from refocuslib.io import load_checkpoint, resolve_checkpoint
     from refocuslib.models.deepz import DeepZGenerator
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise FileNotFoundError(f"checkpoint: no best.pt or last.pt in {checkpoint}")
+    path = resolve_checkpoint(checkpoint)
     ck = load_checkpoint(path, map_location="cpu")
     info = ck.get("extra") or {}
     model = info.get("model")

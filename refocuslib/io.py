@@ -468,3 +468,15 @@ def load_checkpoint(path, map_location="cpu", trust_unverified: bool = False):
         if any(k in msg for k in ("pytorchstreamreader", "zip archive", "central directory", "eof", "corrupt")):
             raise CorruptCheckpointError(f"{path}: unreadable or truncated checkpoint ({e})") from e
         raise
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint file from ``path``: the file itself, or in a training folder its ``best.pt``, else ``last.pt``
+    (``FileNotFoundError`` naming the folder when it holds neither)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).exists():
+                return p / name
+        raise FileNotFoundError(f"checkpoint: no best.pt or last.pt in {path}")
+    return p
