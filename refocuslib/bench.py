@@ -412,7 +412,8 @@ def bench_train(n: int | None = None, seed: int = 0, recipes_=TRAIN_RECIPES) -> 
     """Training throughput of each paper's shipped CPU recipe on this machine: steps/s of :func:`refocuslib.train.fit`
     and the share of a step spent simulating its batch (``make_batch`` timed alone against a whole step), for ``n``
     (default 20) steps after the data pool is built. Ratio, in the same process: fit with the background-thread
-    prefetch (the default for tasks whose batches do not depend on trained weights) over fit without it."""
+    prefetch (the default for tasks whose batches do not depend on trained weights, when torch leaves a core free)
+    over fit without it; each pair follows an untimed warm-up run."""
     import tempfile
 
     import torch
@@ -430,11 +431,11 @@ def bench_train(n: int | None = None, seed: int = 0, recipes_=TRAIN_RECIPES) -> 
         t_data = _best_time(lambda: [task.make_batch(k, torch.Generator().manual_seed(step_seed(seed, k)))
                                      for k in range(3)], 1) / 3
         rates = {}
-        for prefetch in (False, True):
+        for prefetch in (None, False, True):  # None: an untimed warm-up run (allocator, kernels), then the pair
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = recipes.train_config(rec, tmp, progress=False, use_shipped=False, steps=steps + 1,
                                            warmup_steps=0, val_every=10 ** 9, ckpt_every=10 ** 9,
-                                           restore_best=False, prefetch=prefetch)
+                                           restore_best=False, prefetch=bool(prefetch))
                 t0 = time.perf_counter()
                 fit(task, cfg)
                 rates[prefetch] = steps / (time.perf_counter() - t0)

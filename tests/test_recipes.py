@@ -114,12 +114,15 @@ def test_prefetch_gives_exactly_the_batches_of_a_plain_run(tmp_path):
                                                              "z_half_range_um": 1.0}, "n_val": 2,
                                                     "n_val_samples": 1, "levels": 2}})
     digests = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # prefetch runs only when torch leaves a core free
     for prefetch in (False, True):
         task = recipes.build(rec)
         cfg = recipes.train_config(rec, tmp_path / str(prefetch), progress=False, use_shipped=False, steps=5,
                                    warmup_steps=0, val_every=5, ckpt_every=5, restore_best=False, prefetch=prefetch)
         fit(task, cfg)
         digests.append(weights_digest(task.generator))
+    torch.set_num_threads(threads)
     assert digests[0] == digests[1]
 
 
