@@ -643,7 +643,10 @@ def main(argv=None) -> int:
         return 0
     finally:
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            try:  # every rank leaves its last collective before any tears gloo down (a teardown race aborted a rank)
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 if __name__ == "__main__":
