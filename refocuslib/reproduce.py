@@ -95,18 +95,20 @@ def train_all_recipes(profile_root, names: Optional[Sequence[str]] = None, devic
     where the profile's notebooks then find them — resuming any that stopped. Returns one record per recipe
     (name, digest, steps, best validation, seconds)."""
     from refocuslib import recipes
-    from refocuslib.train import fit
     rows = []
     for name in (names or recipes.shipped_names()):
         rec = recipes.recipe(name)
         out = Path(profile_root) / "checkpoints" / recipes.run_name(rec)
         mins = recipes.expected_minutes(rec)
-        log(f"[retrain] {name}: training from scratch into {out}" + (f" (≈ {mins:g} CPU-minutes)" if mins else ""),
-            flush=True)
+        log(f"[retrain] {rec['name']}: training from scratch into {out}"
+            + (f" (≈ {mins:g} CPU-minutes)" if mins else ""), flush=True)
         t0 = time.perf_counter()
-        res = fit(recipes.build(rec), recipes.train_config(rec, out, device=device, progress=True, use_shipped=False))
-        rows.append({"recipe": name, "digest": recipes.digest(rec), "steps": res.last_step, "best_step": res.best_step,
-                     "best_val_loss": res.best_val_loss, "seconds": round(time.perf_counter() - t0, 1)})
+        # the notebooks' own train-or-load, never from a shipped file: results_dir under profile_root puts the run in
+        # <profile_root>/checkpoints/<name>-<digest>, where the profile's notebooks look
+        _, res = recipes.train_cached(rec, Path(profile_root) / "_retrain", device=device, use_shipped=False)
+        rows.append({"recipe": rec["name"], "digest": recipes.digest(rec), "steps": res.last_step,
+                     "best_step": res.best_step, "best_val_loss": res.best_val_loss,
+                     "seconds": round(time.perf_counter() - t0, 1)})
     return rows
 
 

@@ -233,3 +233,18 @@ def test_start_notebook_sets_threads_seed_shipped_switch_and_records_params(tmp_
     finally:
         torch.set_num_threads(threads)
         train.use_shipped_checkpoints(False)
+
+
+def test_train_all_recipes_trains_from_scratch_where_the_profile_looks(tmp_path):
+    """The retrain profile's first step: each recipe trained (never from a shipped file) into
+    <profile root>/checkpoints/<name>-<digest>, the folder its notebooks' train_cached then finds finished."""
+    from refocuslib import recipes
+    tiny = recipes.recipe("deepz_beads", {"params": {"data": {"field_px": 32, "crop_px": 16, "n_samples": 2,
+                                                              "z_half_range_um": 1.0}, "n_val": 2,
+                                                     "n_val_samples": 1, "levels": 2},
+                                          "train": {"steps": 3, "warmup_steps": 0, "val_every": 3, "ckpt_every": 3}})
+    rows = reproduce.train_all_recipes(tmp_path / "retrain", names=[tiny], log=lambda *a, **k: None)
+    assert rows[0]["recipe"] == "deepz_beads" and rows[0]["steps"] == 3
+    assert (tmp_path / "retrain" / "checkpoints" / recipes.run_name(tiny) / "best.pt").exists()
+    _, res = recipes.train_cached(tiny, tmp_path / "retrain" / "01_x", progress=False, use_shipped=False)
+    assert res.resumed_from == 3  # the notebook loads the finished run instead of training
