@@ -216,6 +216,22 @@ def _run_guarded(name: str, body: Callable[[], int]) -> int:
         return 2
 
 
+def _model_parser(subparsers, name: str, help: str, description: str, examples, inputs_help: str,
+                  output_help: str, example_model: str, func, normalize_help: Optional[str] = None):
+    """One apply subcommand's parser: the inputs, ``-o``, optionally ``--no-normalize``, the model options
+    (:func:`_common_model_args`) and ``func``; the caller adds its own options to the returned parser."""
+    p = subparsers.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description=description + " " + MODEL_NOTE,
+                              epilog="examples:\n" + "\n".join("  " + e for e in examples))
+    p.add_argument("inputs", nargs="+", help=inputs_help)
+    p.add_argument("-o", "--output", required=True, help=output_help)
+    if normalize_help:
+        p.add_argument("--no-normalize", action="store_true", help=normalize_help)
+    _common_model_args(p, example_model)
+    p.set_defaults(func=func)
+    return p
+
+
 def _common_model_args(p, example_model: str) -> None:
     p.add_argument("--model", required=True, metavar="NAME|PT",
                    help=f"a shipped model's recipe name (e.g. {example_model}) or a checkpoint .pt (its provenance "
@@ -355,25 +371,19 @@ def _run_volume(args: argparse.Namespace) -> int:
 
 @subcommand
 def _setup_volume(subparsers) -> None:
-    p = subparsers.add_parser(
-        "volume", help="Recurrent-MZ: M wide-field images with their z positions → a volume TIFF",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Recurrent-MZ (Huang et al. 2021): a few axially spaced wide-field images (any order and "
-                    "spacing) are fused by the recurrent network into a volume at the output planes. Inputs are "
-                    "normalised as in training (Deep-Z normalisation of the stack: triangle background 0, "
-                    "99.9th percentile 1); the output is in those units. " + MODEL_NOTE,
-        epilog="examples:\n"
-               "  refocuslib volume planes.tif --z -4 0 4 --model rmz_nuclei -o volume.tif\n"
-               "  refocuslib volume a.tif b.tif c.tif --z -4 0 4 --z-out -4 -2 0 2 4 --model rmz_nuclei -o v.tif\n"
-               "  refocuslib volume planes_folder/ --z -4 0 4 --step 0.5 --model ck.pt -o volume.tif")
-    p.add_argument("inputs", nargs="+", help="one (M, Y, X) TIFF, or M 2D TIFFs, or a folder of them (name order)")
+    p = _model_parser(
+        subparsers, "volume", "Recurrent-MZ: M wide-field images with their z positions → a volume TIFF",
+        "Recurrent-MZ (Huang et al. 2021): a few axially spaced wide-field images (any order and spacing) are fused "
+        "by the recurrent network into a volume at the output planes. Inputs are normalised as in training (Deep-Z "
+        "normalisation of the stack: triangle background 0, 99.9th percentile 1); the output is in those units.",
+        ["refocuslib volume planes.tif --z -4 0 4 --model rmz_nuclei -o volume.tif",
+         "refocuslib volume a.tif b.tif c.tif --z -4 0 4 --z-out -4 -2 0 2 4 --model rmz_nuclei -o v.tif",
+         "refocuslib volume planes_folder/ --z -4 0 4 --step 0.5 --model ck.pt -o volume.tif"],
+        "one (M, Y, X) TIFF, or M 2D TIFFs, or a folder of them (name order)", "output volume TIFF", "rmz_nuclei",
+        _run_volume, normalize_help="the inputs are already normalised")
     p.add_argument("--z", type=float, nargs="+", required=True, metavar="UM", help="z of each input image (µm)")
     p.add_argument("--z-out", type=float, nargs="+", default=None, metavar="UM", help="output planes (µm)")
     p.add_argument("--step", type=float, default=0.5, help="output plane spacing when --z-out is not given (µm)")
-    p.add_argument("-o", "--output", required=True, help="output volume TIFF")
-    p.add_argument("--no-normalize", action="store_true", help="the inputs are already normalised")
-    _common_model_args(p, "rmz_nuclei")
-    p.set_defaults(func=_run_volume)
 
 
 # -------------------------------------------------------------------------------------------------- wnet
@@ -424,24 +434,18 @@ def _run_wnet(args: argparse.Namespace) -> int:
 
 @subcommand
 def _setup_wnet(subparsers) -> None:
-    p = subparsers.add_parser(
-        "wnet", help="W-Net: a double-helix (or wide-field) image → confocal-like planes",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="W-Net (Yang et al. 2021): the cascade refocuses the input image to each --dz (µm from the "
-                    "input plane) and translates it to a confocal-like image. The input is normalised by its "
-                    "median (0) and 99.9th percentile (1) unless --no-normalize; the output is in units of an "
-                    "in-focus confocal bead's peak (≈ 1). " + MODEL_NOTE,
-        epilog="examples:\n"
-               "  refocuslib wnet dh.tif --model wnet_dh -o confocal.tif\n"
-               "  refocuslib wnet dh.tif --dz -1 0 1 --model wnet_dh -o planes.tif\n"
-               "  refocuslib wnet images_folder/ --model wnet_dh -o out_folder/")
-    p.add_argument("inputs", nargs="+", help="2D TIFF(s) or a folder of them")
+    p = _model_parser(
+        subparsers, "wnet", "W-Net: a double-helix (or wide-field) image → confocal-like planes",
+        "W-Net (Yang et al. 2021): the cascade refocuses the input image to each --dz (µm from the input plane) and "
+        "translates it to a confocal-like image. The input is normalised by its median (0) and 99.9th percentile "
+        "(1) unless --no-normalize; the output is in units of an in-focus confocal bead's peak (≈ 1).",
+        ["refocuslib wnet dh.tif --model wnet_dh -o confocal.tif",
+         "refocuslib wnet dh.tif --dz -1 0 1 --model wnet_dh -o planes.tif",
+         "refocuslib wnet images_folder/ --model wnet_dh -o out_folder/"],
+        "2D TIFF(s) or a folder of them", "output TIFF (one input) or folder (several)", "wnet_dh", _run_wnet,
+        normalize_help="the input is already normalised")
     p.add_argument("--dz", type=float, nargs="+", default=[0.0], metavar="UM",
                    help="output planes, µm from the input plane (default 0)")
-    p.add_argument("-o", "--output", required=True, help="output TIFF (one input) or folder (several)")
-    p.add_argument("--no-normalize", action="store_true", help="the input is already normalised")
-    _common_model_args(p, "wnet_dh")
-    p.set_defaults(func=_run_wnet)
 
 
 # ---------------------------------------------------------------------------------------------- localize
@@ -510,19 +514,13 @@ def _run_localize(args: argparse.Namespace) -> int:
 
 @subcommand
 def _setup_localize(subparsers) -> None:
-    p = subparsers.add_parser(
-        "localize", help="DeepSTORM3D: camera frames → a 3D localisation table (CSV)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="DeepSTORM3D (Nehme et al. 2020): the CNN turns each frame into a 3D occupancy grid whose "
-                    "peaks are the emitters. Frames are camera counts (ADU), converted with the model's camera "
-                    "(baseline, e⁻/ADU) as in training. CSV columns: frame (from 1), x_nm, y_nm, z_nm, photons "
-                    "(least-squares fit through the physics layer; nan for tiled frames or --no-photons), "
-                    "confidence. " + MODEL_NOTE,
-        epilog="examples:\n"
-               "  refocuslib localize frames.tif --model ds3d_tetrapod -o locs.csv\n"
-               "  refocuslib localize frames_folder/ --model ds3d_tetrapod --tile 128 -o locs.csv")
-    p.add_argument("inputs", nargs="+", help="TIFF frames ((T, Y, X) stacks or 2D), or folders of them")
-    p.add_argument("-o", "--output", required=True, help="output CSV")
+    p = _model_parser(
+        subparsers, "localize", "DeepSTORM3D: camera frames → a 3D localisation table (CSV)",
+        "DeepSTORM3D (Nehme et al. 2020): the CNN turns each frame into a 3D occupancy grid whose peaks are the "
+        "emitters. Frames are camera counts (ADU), converted with the model's camera (baseline, e⁻/ADU) as in "
+        "training. CSV columns: frame (from 1), x_nm, y_nm, z_nm, photons (least-squares fit through the physics "
+        "layer; nan for tiled frames or --no-photons), confidence.",
+        ["refocuslib localize frames.tif --model ds3d_tetrapod -o locs.csv",
+         "refocuslib localize frames_folder/ --model ds3d_tetrapod --tile 128 -o locs.csv"],
+        "TIFF frames ((T, Y, X) stacks or 2D), or folders of them", "output CSV", "ds3d_tetrapod", _run_localize)
     p.add_argument("--no-photons", action="store_true", help="skip the photon-count fit (faster)")
-    _common_model_args(p, "ds3d_tetrapod")
-    p.set_defaults(func=_run_localize)
