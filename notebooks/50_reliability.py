@@ -99,6 +99,12 @@ print(f"trained range {trained_range} µm; ensemble ready in {time.time() - t0:.
 # *in distribution* — beads, input planes inside the trained range; *DPM beyond range* — the same beads, inputs
 # at ±5 µm; *unseen sample* — filaments (never seen in training); *low SNR* — beads with 5 % of the photons.
 # Every input is refocused back to the sample plane (Δz = −f_in) and compared with the noise-free scan there.
+#
+# The consistency NRMSE divides the re-imaging residual by the (re-imaged) input's own contrast, and the input is
+# noisy: even the true answer leaves a residual, the *noise floor* (`consistency_floor`: the same check applied
+# to the noise-free truth). Bright, dense filaments have a much lower floor than sparse beads, so their
+# consistency NRMSE can fall although the network does worse on them. The *excess* over the floor
+# (`consistency_excess`, 1 for an answer as consistent as the truth) removes that; both are reported.
 
 # %%
 step = task.data.z_step_um
@@ -116,7 +122,8 @@ conditions = {
 rng = np.random.default_rng(seed + 5000)
 rows, examples = {}, {}
 for name, (cfg, kind, planes) in conditions.items():
-    scores = {"error_nrmse": [], "consistency_nrmse": [], "disagreement": []}
+    scores = {"error_nrmse": [], "consistency_nrmse": [], "consistency_floor": [], "consistency_excess": [],
+              "disagreement": []}
     for f in range(n_fields):
         sc = dzdata.scan(cfg, dzdata.thin_sample(rng, cfg, kind, 0.0), seed=seed + 6000 + f, psf_stacks=psfs)
         for f_in in planes:
@@ -125,14 +132,17 @@ for name, (cfg, kind, planes) in conditions.items():
                                                 truth=truth, trained_range_um=trained_range)
             scores["error_nrmse"].append(r["error_nrmse"])
             scores["consistency_nrmse"].append(r["consistency"]["nrmse"])
+            scores["consistency_floor"].append(r["consistency_floor"])
+            scores["consistency_excess"].append(r["consistency_excess"])
             scores["disagreement"].append(r["disagreement"])
             examples.setdefault(name, (sc.input[sc.plane(f_in)], truth, r, f_in))
     rows[name] = {k: float(np.mean(v)) for k, v in scores.items()}
     rows[name]["all"] = scores
-    print(f"{name:28s} error {rows[name]['error_nrmse']:.4f}  consistency {rows[name]['consistency_nrmse']:.4f}  "
+    print(f"{name:28s} error {rows[name]['error_nrmse']:.4f}  consistency {rows[name]['consistency_nrmse']:.4f} "
+          f"(noise floor {rows[name]['consistency_floor']:.4f}, excess ×{rows[name]['consistency_excess']:.2f})  "
           f"disagreement {rows[name]['disagreement']:.4f}")
     key = name.split(" (")[0].replace(" ", "_").lower()
-    for k in ("error_nrmse", "consistency_nrmse", "disagreement"):
+    for k in ("error_nrmse", "consistency_nrmse", "consistency_floor", "consistency_excess", "disagreement"):
         rec.number(f"deepz_{k}_{key}", rows[name][k])
 
 # %%
@@ -167,7 +177,7 @@ rec.figure(fig, "deepz_reliability_bars", "Mean true error, consistency error an
            "condition (held-out fields × input planes).")
 plt.show()
 err_all = np.concatenate([rows[n]["all"]["error_nrmse"] for n in names])
-for k in ("consistency_nrmse", "disagreement"):
+for k in ("consistency_nrmse", "consistency_excess", "disagreement"):
     rho = float(np.corrcoef(np.argsort(np.argsort(err_all)),
                             np.argsort(np.argsort(np.concatenate([rows[n]["all"][k] for n in names]))))[0, 1])
     rec.number(f"deepz_spearman_error_vs_{k}", rho)
@@ -181,6 +191,11 @@ for name in names[1:]:
     rec.claim(f"Deep-Z consistency error rises for {key}", "review §4 (ANNA-PALM-style re-imaging)",
               "higher than in distribution", f"{rows[name]['consistency_nrmse']:.4f} vs {ind['consistency_nrmse']:.4f}",
               holds=rows[name]["consistency_nrmse"] > ind["consistency_nrmse"])
+    rec.claim(f"Deep-Z consistency excess over the noise floor rises for {key}",
+              "review §4 (re-imaging; our noise-floor reading)", "higher than in distribution",
+              f"×{rows[name]['consistency_excess']:.2f} vs ×{ind['consistency_excess']:.2f} (floors "
+              f"{rows[name]['consistency_floor']:.3f} vs {ind['consistency_floor']:.3f})",
+              holds=rows[name]["consistency_excess"] > ind["consistency_excess"])
 
 # %% [markdown]
 # ## 3 · Recurrent-MZ ensemble on volumes

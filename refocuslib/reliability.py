@@ -108,8 +108,11 @@ def refocus_reliability(models: Sequence[torch.nn.Module], image, dz_um: float, 
     ``image`` (H, W) raw or normalised camera image taken at focal plane ``input_plane_um`` (relative to the
     thin sample) through ``microscope``; ``dz_um`` the uniform DPM. Returns ``{'mean', 'std'`` (pixel-wise over
     members), ``'disagreement'`` (:func:`ensemble_disagreement` score), ``'consistency'`` (the
-    :func:`consistency_map` dict of the ensemble mean), ``'error_nrmse'`` (RMSE of the mean against ``truth`` /
-    truth's range, NaN without truth), ``'outside_trained_range'}``. A DPM outside ``trained_range_um`` is
+    :func:`consistency_map` dict of the ensemble mean), ``'consistency_floor'`` (the same check applied to the
+    noise-free ``truth``: what the input's camera noise alone leaves, which depends on the sample's brightness
+    and sparsity), ``'consistency_excess'`` (consistency NRMSE / floor: 1 for an output as consistent as the
+    truth; NaN without truth), ``'error_nrmse'`` (RMSE of the mean against ``truth`` / truth's range, NaN without
+    truth), ``'outside_trained_range'}``. A DPM outside ``trained_range_um`` is
     flagged here (the warning is recorded, not raised): out-of-range inputs are what this function is for.
     """
     import warnings
@@ -124,15 +127,17 @@ def refocus_reliability(models: Sequence[torch.nn.Module], image, dz_um: float, 
                           for m in models])
     dis = ensemble_disagreement(preds)
     cons = consistency_map(dis["mean"], img, microscope, dz_um, input_plane_um=input_plane_um)
-    err = float("nan")
+    err = floor = float("nan")
     if truth is not None:
         t = as_image_array(truth, "truth", ndim=2).astype(np.float64)
         if t.shape != img.shape:
             raise ValueError(f"truth: shape {t.shape} must match the image's {img.shape}")
         err = _error_nrmse(dis["mean"], t)
+        floor = consistency_map(t, img, microscope, dz_um, input_plane_um=input_plane_um)["nrmse"]
     from refocuslib.dpm import DPMRangeWarning
     out_of_range = any(issubclass(w.category, DPMRangeWarning) for w in caught)
     return {"mean": dis["mean"], "std": dis["std"], "disagreement": dis["score"], "consistency": cons,
+            "consistency_floor": float(floor), "consistency_excess": float(cons["nrmse"] / floor),
             "error_nrmse": float(err), "outside_trained_range": bool(out_of_range)}
 
 

@@ -91,6 +91,36 @@ def test_refocus_reliability_scores_an_ensemble_and_flags_out_of_range_dpms():
         reliability.refocus_reliability([_tiny_deepz(0)], image, 1.0, -1.0, MIC)
 
 
+def test_consistency_floor_is_the_noise_floor_of_the_true_answer():
+    """The floor is the consistency NRMSE of the noise-free truth itself: an output equal to the truth has an
+    excess of exactly 1 and a blank output a much larger one; the floor falls as the input's SNR rises."""
+    target, inp = _thin_sample_pair(2.0)
+    rng = np.random.default_rng(3)
+
+    class Fixed(torch.nn.Module):  # a "network" that returns one fixed image whatever it is given
+        def __init__(self, img):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.img = torch.as_tensor(img, dtype=torch.float32)
+
+        def forward(self, x, dpm):
+            return self.img.expand(x.shape[0], 1, *self.img.shape) + 0 * self.w
+
+    floors = []
+    for photons in (30.0, 3000.0):
+        noisy = rng.poisson(inp / inp.max() * photons + 5.0).astype(np.float64)
+        truth = target / inp.max()  # any scale: the check fits a gain
+        r = reliability.refocus_reliability([Fixed(truth), Fixed(truth)], noisy, 2.0, -2.0, MIC, truth=truth)
+        assert r["consistency_excess"] == pytest.approx(1.0, rel=1e-4)
+        blank = reliability.refocus_reliability([Fixed(0 * truth), Fixed(0 * truth)], noisy, 2.0, -2.0, MIC,
+                                                truth=truth)
+        assert blank["consistency_excess"] > 3.0
+        floors.append(r["consistency_floor"])
+    assert floors[1] < 0.5 * floors[0]
+    none = reliability.refocus_reliability([Fixed(target), Fixed(target)], inp, 2.0, -2.0, MIC)
+    assert np.isnan(none["consistency_floor"]) and np.isnan(none["consistency_excess"])
+
+
 def test_volume_reliability_shapes_and_data_consistency():
     from refocuslib.models.recurrent_mz import RecurrentMZ
     members = []
