@@ -182,7 +182,8 @@ def bench_deepz(n: int | None = None, seed: int = 0, repeats: int = 2, batch: in
     Baseline, in the same process: float32 eager, batch 1, autograd on (a plain ``model(x)``). Fast path (what
     :func:`refocuslib.inference.refocus_stack` does, plus channels_last): ``torch.inference_mode``,
     channels_last memory format, ``batch`` images (here DPM planes) per forward. Reports seconds per image
-    (best of ``repeats``), their ratio and the largest difference between the two outputs.
+    (best of ``repeats``), their ratio and the largest difference between the two outputs; also oneDNN bf16
+    autocast, and :func:`refocuslib.inference.refocus` itself (the path users run, default tiling).
     """
     import torch
 
@@ -230,6 +231,12 @@ def bench_deepz(n: int | None = None, seed: int = 0, repeats: int = 2, batch: in
                 out[f"{tag}_{size}_bf16_max_abs_diff"] = float((res["bf16"].float() - ref).abs().max())
             except RuntimeError as err:  # no bf16 kernels on this CPU: say so, keep float32
                 out[f"{tag}_{size}_bf16_error"] = str(err)[:120]
+            # the library's own path (what `refocuslib refocus` runs): normalised image in, default tiling
+            from refocuslib.inference import refocus
+            img = x[0, 0].numpy()
+            t_lib = _best_time(lambda: refocus(model, img, 1.0, normalize=False), reps)
+            out[f"{tag}_{size}_library_refocus_s_per_image"] = t_lib
+            out[f"{tag}_{size}_library_refocus_speedup"] = t_base / t_lib
         out[f"{tag}_parameters"] = sum(p.numel() for p in model.parameters())
     out["cpu_has_bf16"] = _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16")
     return out

@@ -132,7 +132,7 @@ def _setup_refocus(subparsers) -> None:
     group.add_argument("--dpm", help="non-uniform DPM: a 2D TIFF of distances in µm, same shape as the input")
     p.add_argument("-o", "--output", required=True, help="output TIFF")
     p.add_argument("--batch-size", type=int, default=8, help="planes per forward pass (several --dz)")
-    p.add_argument("--tile", type=int, default=512, help="tile size in pixels for large images")
+    p.add_argument("--tile", type=int, default=1024, help="tile size in pixels for large images (lower it for paper-width models on small memory)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-normalize", action="store_true",

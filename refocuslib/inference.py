@@ -122,6 +122,8 @@ def _run(model: nn.Module, image: np.ndarray, dpms_um: np.ndarray, batch_size: i
     ys, xs = _starts(h, tile, tile - overlap), _starts(w, tile, tile - overlap)
     was_training = model.training
     model.eval()
+    # channels_last: oneDNN's fast convolution layout on CPUs (≈ 2× at 1024², `python -m refocuslib.bench deepz`)
+    model.to(memory_format=torch.channels_last)
     try:
         with torch.inference_mode():
             for y0 in ys:
@@ -140,6 +142,7 @@ def _run(model: nn.Module, image: np.ndarray, dpms_um: np.ndarray, batch_size: i
                         out[s:s + b, y0:y0 + th, x0:x0 + tw] += y[:, 0].float().cpu().numpy() * wt
                     weight[y0:y0 + th, x0:x0 + tw] += wt
     finally:
+        model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
     return out / np.maximum(weight, 1e-12)
 
@@ -154,7 +157,7 @@ def _prepare(model, image, normalize: bool) -> np.ndarray:
 
 
 def refocus(model, image, dpm_um, trained_range_um: Optional[Tuple[float, float]] = None, normalize: bool = True,
-            tile_px: int = 512, overlap_px: int = 64) -> np.ndarray:
+            tile_px: int = 1024, overlap_px: int = 64) -> np.ndarray:
     """Refocus one image with one DPM (Deep-Z Fig. 1–4): returns the output (H, W) float32.
 
     ``image`` (H, W); ``dpm_um``: a number (uniform DPM: a plane ``dpm_um`` µm from the input plane) or an
@@ -183,7 +186,7 @@ def refocus(model, image, dpm_um, trained_range_um: Optional[Tuple[float, float]
 
 def refocus_stack(model, image, z_um: Sequence[float], batch_size: int = 8,
                   trained_range_um: Optional[Tuple[float, float]] = None, normalize: bool = True,
-                  tile_px: int = 512, overlap_px: int = 64) -> np.ndarray:
+                  tile_px: int = 1024, overlap_px: int = 64) -> np.ndarray:
     """A virtual z-stack (len(z_um), H, W) from one image (Deep-Z Fig. 1): uniform DPMs at each ``z_um`` (µm
     from the input plane), ``batch_size`` planes per forward pass, tiled like :func:`refocus`."""
     img = _prepare(model, image, normalize)
