@@ -35,7 +35,8 @@ from refocuslib._validate import as_image_array, in_range, positive, positive_in
 from refocuslib.optics import Microscope, make_pupil_grid, psf_from_grid, zernike
 
 __all__ = ["noll_to_nm", "noll_zernike", "NOLL_NAMES", "ZernikePupil", "Calibration", "calibrate",
-           "save_psf_json", "load_psf_json", "microscope_from_spec", "plot_calibration", "PSF_FORMAT"]
+           "save_psf_json", "load_psf_json", "microscope_from_spec", "resolve_microscope", "plot_calibration",
+           "PSF_FORMAT"]
 
 PSF_FORMAT = "refocuslib.psf/1"
 #: ``fit_z_step`` bounds the z-step scale to [1/Z_SCALE_MAX, Z_SCALE_MAX].
@@ -452,6 +453,29 @@ def microscope_from_spec(spec, presets: Optional[dict] = None) -> Microscope:
     if isinstance(spec, dict):
         return _microscope_from_dict(spec, "microscope")
     raise ValueError(f"microscope: expected a name, a psf.json path or a dict, got {type(spec).__name__}")
+
+
+def resolve_microscope(spec, presets: Optional[dict], param: str) -> Microscope:
+    """:func:`microscope_from_spec` for a recipe key: errors name ``param`` (e.g. ``'data.microscope'``) and list
+    what it accepts (a preset name of ``presets``, a psf.json path, a dict of optics or a Microscope).
+    FileNotFoundError for a psf.json path that does not exist, ValueError otherwise."""
+    names = ", ".join(repr(k) for k in sorted(presets or {}))
+    accepted = (f"a preset name ({names}), " if names else "") + (
+        "a path to a psf.json written by `refocuslib calibrate`, or a dict of optics "
+        "(na, wavelength_um, n_immersion, pixel_um, optionally zernike_noll_rad: {noll index: rad})")
+    if isinstance(spec, bool) or not isinstance(spec, (str, Path, dict, Microscope)):
+        raise ValueError(f"{param}: expected {accepted}; got {type(spec).__name__} {spec!r}")
+    if isinstance(spec, (str, Path)) and str(spec) not in (presets or {}) and not str(spec).endswith(".json") \
+            and not Path(spec).is_file() and not (Path(__file__).resolve().parent.parent / str(spec)).is_file():
+        raise ValueError(f"{param}: {str(spec)!r} is neither a preset name nor a psf.json file; expected {accepted}")
+    try:
+        return microscope_from_spec(spec, presets)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{param}: {e}; expected {accepted}") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        msg = str(e)
+        msg = msg[len("microscope: "):] if msg.startswith("microscope: ") else msg
+        raise ValueError(f"{param}: {msg}; expected {accepted}") from None
 
 
 # ---------------------------------------------------------------------------------------------- figure

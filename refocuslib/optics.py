@@ -490,6 +490,34 @@ class ArrayMask(nn.Module):
         return cls(fn(rho, phi).float(), pupil_radius_px=(size - 1) / 2.0, learnable=learnable)
 
 
+class PhaseSum(nn.Module):
+    """The sum of phase masks, Φ(ρ, φ) = Σ_k Φ_k(ρ, φ): e.g. a designed mask (double helix, Tetrapod, a learnable
+    :class:`ArrayMask`) in the pupil of an objective with a calibrated aberration
+    (:class:`refocuslib.calibrate.ZernikePupil`). Masks that are modules are registered (a learnable mask's
+    phase stays a parameter); every part must be a callable ``mask(rho, phi)`` (an array is tied to one grid)."""
+
+    def __init__(self, *masks):
+        super().__init__()
+        parts = [m for m in masks if m is not None]
+        if not parts:
+            raise ValueError("masks: PhaseSum needs at least one mask")
+        for m in parts:
+            if not callable(m):
+                raise ValueError(f"masks: each part must be a callable mask(rho, phi) (an ArrayMask, a Zernike "
+                                 f"pupil, ...), got {type(m).__name__}; a phase array is tied to one pupil grid")
+        self.submasks = nn.ModuleList([m for m in parts if isinstance(m, nn.Module)])
+        self._parts = parts
+
+    def forward(self, rho: Tensor, phi: Tensor) -> Tensor:
+        phase = self._parts[0](rho, phi)
+        for m in self._parts[1:]:
+            phase = phase + m(rho, phi)
+        return phase
+
+    def extra_repr(self) -> str:
+        return " + ".join(type(m).__name__ if isinstance(m, nn.Module) else repr(m) for m in self._parts)
+
+
 def learnable_mask(size: int = 65, init: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> ArrayMask:
     """A learnable pixel-wise phase mask over the pupil, zero or ``init`` at start (DeepSTORM3D Fig. 4)."""
     size = positive_int(size, "size", minimum=3)
@@ -519,7 +547,8 @@ def numpy_psf(*args, **kwargs) -> np.ndarray:
 
 __all__ = [
     "PupilGrid", "make_pupil_grid", "pupil_field", "psf_from_grid", "widefield_psf", "confocal_psf", "zernike",
-    "astigmatic_mask", "tetrapod_mask", "zernike_mask", "TETRAPOD_ZERNIKE_RAD", "double_helix_mask", "ArrayMask", "learnable_mask", "nyquist_pixel_um",
+    "astigmatic_mask", "tetrapod_mask", "zernike_mask", "TETRAPOD_ZERNIKE_RAD", "double_helix_mask", "ArrayMask",
+    "PhaseSum", "learnable_mask", "nyquist_pixel_um",
     "lateral_fwhm_theory_um", "depth_of_field_theory_um", "numpy_psf", "FWHM_PER_SIGMA", "SamplingWarning",
     "wrap_fraction",
 ]

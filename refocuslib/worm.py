@@ -11,9 +11,9 @@ short transients with a GCaMP-like exponential decay). The body translates sligh
 (a lateral random walk, frame 0 at rest).
 
 Imaging (:func:`render_video`): wide-field 20×/0.8 (:data:`refocuslib.optics.WORM_20X`) through
-:func:`refocuslib.imaging.image_volume` with one PSF stack computed once, then
-:func:`refocuslib.imaging.camera` noise. Imaging is linear and shift-invariant, so instead of re-imaging the
-whole volume every frame the video is assembled exactly from a few images: the nuclear label, the calcium
+:func:`refocuslib.imaging.image_volume` with one PSF stack computed once, then camera noise
+(:class:`refocuslib.imaging.Camera`). Imaging is linear and shift-invariant, so instead of re-imaging the whole
+volume every frame the video is assembled exactly from a few images: the nuclear label, the calcium
 baseline and one image per active group (each nucleus weighted by its amplitude), combined with the group
 signals of each frame and moved by that frame's body translation. Differences from the paper: both channels
 use the same emission wavelength, nuclei have no texture, there is no bleaching or body deformation, and
@@ -24,6 +24,7 @@ Coordinates: (x, y, z) µm, x and y from the top-left corner of the field (pixel
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
@@ -97,7 +98,8 @@ class Worm:
 class WormVideo:
     """Single-focal-plane video of a :class:`Worm`: ``nuclear`` and ``calcium`` (T, H, W) camera counts (ADU,
     float32) at focal plane ``focal_plane_um``; ``nuclear_photons``/``calcium_photons`` the noise-free
-    expected photons (T, H, W); ``microscope`` and ``z_step_um`` of the rendering volume."""
+    expected photons (T, H, W); ``microscope`` and ``z_step_um`` of the rendering volume; ``camera`` its five
+    numbers (a dict, :attr:`camera_model` the :class:`refocuslib.imaging.Camera`)."""
     nuclear: np.ndarray
     calcium: np.ndarray
     nuclear_photons: np.ndarray
@@ -107,6 +109,11 @@ class WormVideo:
     z_step_um: float
     focal_plane_um: float = 0.0
     camera: dict = field(default_factory=dict)
+
+    @property
+    def camera_model(self) -> imaging.Camera:
+        """The :class:`refocuslib.imaging.Camera` that drew the frames."""
+        return imaging.Camera(**self.camera)
 
 
 def _rng(rng) -> np.random.Generator:
@@ -458,19 +465,20 @@ def render_video(worm: Worm, microscope: Microscope = WORM_20X, z_step_um: float
 
     The density volume is sampled at the camera pixel and ``z_step_um``; one PSF stack (computed here, or
     passed from :func:`psf_stack_for_worm`) serves every image. The worm's pixel size must equal the
-    microscope's. Noise: :func:`refocuslib.imaging.camera` with the given parameters, drawn from ``rng``
-    (seed or Generator).
+    microscope's. Noise: :meth:`refocuslib.imaging.Camera.counts` of the camera with the given parameters,
+    drawn from ``rng`` (seed or Generator).
     """
     fp = in_range(focal_plane_um, "focal_plane_um", -worm.depth_um, worm.depth_um)
     gen = _rng(rng)
     nuc_t, cal_t = _render(worm, microscope, z_step_um, [fp], psf_stack)
     nuc_t, cal_t = nuc_t[:, 0], cal_t[:, 0]
-    cam = dict(qe=qe, gain=gain, read_noise_e=read_noise_e, baseline_adu=baseline_adu,
-               background_photons=background_photons)
-    nuc_adu = imaging.camera(nuc_t, gen, **cam).numpy().astype(np.float32)
-    cal_adu = imaging.camera(cal_t, gen, **cam).numpy().astype(np.float32)
+    cam = imaging.Camera(qe=qe, gain=gain, read_noise_e=read_noise_e, baseline_adu=baseline_adu,
+                         background_photons=background_photons)
+    nuc_adu = cam.counts(nuc_t, gen).numpy().astype(np.float32)
+    cal_adu = cam.counts(cal_t, gen).numpy().astype(np.float32)
     return WormVideo(nuclear=nuc_adu, calcium=cal_adu, nuclear_photons=nuc_t, calcium_photons=cal_t, worm=worm,
-                     microscope=microscope, z_step_um=float(z_step_um), focal_plane_um=fp, camera=cam)
+                     microscope=microscope, z_step_um=float(z_step_um), focal_plane_um=fp,
+                     camera=dataclasses.asdict(cam))
 
 
 def render_stacks(worm: Worm, focal_planes_um: Sequence[float], frames=None, microscope: Microscope = WORM_20X,

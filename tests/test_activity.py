@@ -359,3 +359,17 @@ def test_planted_groups_with_eq14_as_printed():
     dF, F0 = A.delta_f(F)
     S = A.similarity_matrix(dF, F0, sigma=1.5)
     assert np.allclose(S, S.T) and np.allclose(np.diag(S), 1)
+
+
+def test_render_video_camera_holds_the_given_numbers():
+    """The video's camera is the imaging.Camera of render_video's numbers, and it drew the frames."""
+    from refocuslib.imaging import Camera
+    worm = W.simulate_worm(3, n_nuclei=6, shape_yx=(32, 32), half_width_um=3.0, depth_um=2.0, n_frames=2)
+    v = W.render_video(worm, qe=0.7, gain=2.0, read_noise_e=3.0, baseline_adu=50.0, background_photons=5.0,
+                       rng=np.random.default_rng(9))
+    cam = Camera(qe=0.7, gain=2.0, read_noise_e=3.0, baseline_adu=50.0, background_photons=5.0)
+    assert v.camera_model == cam and v.camera == {"qe": 0.7, "gain": 2.0, "read_noise_e": 3.0,
+                                                  "baseline_adu": 50.0, "background_photons": 5.0}
+    gen = np.random.default_rng(9)
+    assert np.array_equal(v.nuclear, cam.counts(v.nuclear_photons, gen).numpy().astype(np.float32))
+    assert np.array_equal(v.calcium, cam.counts(v.calcium_photons, gen).numpy().astype(np.float32))

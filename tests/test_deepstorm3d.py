@@ -395,3 +395,96 @@ def test_footprint_px_counts_the_pixels_holding_half_the_light():
     assert footprint_px(st).tolist() == [2, 1]
     with pytest.raises(ValueError, match="light"):
         footprint_px(np.zeros((1, 4, 4)))
+
+
+# ----------------------------------------------------------------------------- train for your optics (issue 17)
+_SMALL = dict(train_px=24, upsampling=1, dz_nm=500.0, width=0.125, n_emitters=(1, 3), patch_px=31, fft_px=96,
+              n_val=1, val_densities=(5.0,))
+
+
+def _frames(task, seed=5):
+    torch.manual_seed(0)
+    b = task.make_batch(0, torch.Generator().manual_seed(seed))
+    return task.render(b).detach(), b
+
+
+def test_default_optics_build_the_same_task_as_before():
+    """No optics key: the 'storm' optics, its z range, the printed Tetrapod alone, the same stored config and
+    the same frames as naming them."""
+    a, b = build_task(**_SMALL), build_task(**_SMALL, optics="storm", z_range_um=[0.0, 4.0])
+    assert a.physics.microscope == STORM and isinstance(a.physics.mask, optics.ArrayMask)
+    assert a.grid.z_range_um == (0.0, 4.0) and a.config["optics"] == "storm"
+    fa, _ = _frames(a)
+    fb, _ = _frames(b)
+    assert torch.equal(fa, fb)
+
+
+def test_psf_json_optics_add_the_calibrated_aberration_to_the_mask(write_psf_json):
+    """A psf.json (index-matched 100x/1.45, 1 rad of spherical aberration) with a Tetrapod: the frames are the
+    Tetrapod + aberration PSF's (phases add), not the Tetrapod's alone; with mask 'none' the pupil alone."""
+    import json
+    from refocuslib.calibrate import ZernikePupil
+    p = write_psf_json(1.45, 0.67, 1.518, 0.11, {11: 1.0})
+    kw = dict(_SMALL, z_range_um=[-1.0, 1.0], mask="tetrapod_analytic")
+    task = build_task(**kw, optics=str(p))
+    assert isinstance(task.physics.mask_fn, optics.PhaseSum) and task.physics.microscope.mask is None
+    json.dumps(task.config)
+    assert task.config["optics"] == str(p) and task.grid.z_range_um == (-1.0, 1.0)
+    plain = build_task(**kw, optics={"na": 1.45, "wavelength_um": 0.67, "n_immersion": 1.518, "pixel_um": 0.11})
+    xyz, ph = torch.tensor([[[1.3, 1.3, 0.4]]]), torch.tensor([[5000.0]])
+    ab = ZernikePupil({11: 1.0})
+    tetra = optics.tetrapod_mask()
+    ref = PhysicalLayer(plain.physics.microscope, (24, 24), mask=lambda r, f: tetra(r, f) + ab(r, f), patch_px=31,
+                        fft_px=96).expected(xyz, ph)
+    got, base = task.physics.expected(xyz, ph), plain.physics.expected(xyz, ph)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
+    assert float((got - base).abs().max()) > 0.05 * float(base.max())
+    alone = build_task(**{**kw, "mask": "none"}, optics=str(p))
+    assert isinstance(alone.physics.mask_fn, ZernikePupil)
+    # another NA: a wider in-focus spot
+    low = build_task(**{**kw, "mask": "none"}, optics=str(write_psf_json(1.2, 0.67, 1.518, 0.11, {11: 0.0},
+                                                                           name="na12.json")))
+    xyz0 = torch.tensor([[[1.3, 1.3, 0.0]]])
+    assert float(low.physics.expected(xyz0, ph).max()) < 0.85 * float(
+        build_task(**{**kw, "mask": "none"}, optics={"na": 1.45, "wavelength_um": 0.67, "n_immersion": 1.518,
+                                                      "pixel_um": 0.11}).physics.expected(xyz0, ph).max())
+
+
+def test_calibrated_optics_with_a_learnable_mask_round_trip_through_a_checkpoint(tmp_path):
+    """A dict of optics with an aberration + a learnable mask: the mask stays trainable, and load_localizer
+    rebuilds the same model (config stored as given, JSON-able)."""
+    from refocuslib.io import save_checkpoint
+    from refocuslib.tasks.deepstorm3d import load_localizer
+    spec = {"na": 1.45, "wavelength_um": 0.67, "n_immersion": 1.518, "pixel_um": 0.11, "n_sample": 1.33,
+            "nfp_um": 1.5, "zernike_noll_rad": {"11": 0.5}}
+    task = build_task(**_SMALL, optics=spec, z_range_um=[0.0, 3.0], mask="learnable", mask_size=17, learn_mask=True)
+    params = [q for g in task.generator_param_groups(1e-3)[1:] for q in g["params"]]
+    assert len(params) == 1 and params[0].requires_grad
+    with torch.no_grad():
+        params[0].add_(0.3)  # as if trained
+    save_checkpoint(tmp_path / "m.pt", {"generator": task.generator.state_dict(), "extra": task.extra_state()})
+    loaded = load_localizer(tmp_path / "m.pt")
+    assert loaded.config["optics"] == spec
+    xyz, ph = torch.tensor([[[1.3, 1.3, 1.0]]]), torch.tensor([[5000.0]])
+    torch.testing.assert_close(loaded.physics.expected(xyz, ph), task.physics.expected(xyz, ph))
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    (dict(optics="nope", z_range_um=[0, 1]), ValueError, "optics.*'storm', 'telomere'"),
+    (dict(optics="no/such/psf.json", z_range_um=[0, 1]), FileNotFoundError, "optics.*no such file"),
+    (dict(optics=7, z_range_um=[0, 1]), ValueError, "optics.*preset name"),
+    (dict(optics={"na": 1.45, "wavelength_um": 0.67, "n_immersion": 1.518, "pixel_um": 0.11}), ValueError,
+     "z_range_um"),
+])
+def test_bad_optics_name_the_parameter(kw, err, match):
+    with pytest.raises(err, match=match):
+        build_task(**_SMALL, **kw)
+
+
+def test_physics_camera_holds_the_layer_numbers():
+    phys = PhysicalLayer(STORM, (24, 24), patch_px=31, fft_px=96, qe=0.9, gain=2.0, read_noise_e=5.0,
+                         baseline_adu=50.0)
+    assert phys.camera == imaging.Camera(qe=0.9, gain=2.0, read_noise_e=5.0, baseline_adu=50.0,
+                                         background_photons=0.0)
+    counts = torch.tensor([50.0, 68.0, 230.0])
+    torch.testing.assert_close(phys.counts_to_photons(counts), torch.tensor([0.0, 10.0, 100.0]))

@@ -249,3 +249,19 @@ def test_array_mask_interpolates_wrapped_phase_correctly():
     inside = grid.rho <= 1.0
     err = torch.angle(torch.exp(1j * (got - expect)))[inside]
     assert float(err.abs().max()) < 0.05
+
+
+def test_phase_sum_adds_phases_and_keeps_a_learnable_mask_trainable():
+    from refocuslib.calibrate import ZernikePupil
+    from refocuslib.optics import PhaseSum, learnable_mask
+    rho = torch.linspace(0, 1, 11)[:, None].expand(11, 11)
+    phi = torch.linspace(-3, 3, 11)[None].expand(11, 11)
+    dh, ab = optics.double_helix_mask(4), ZernikePupil({11: 0.7})
+    torch.testing.assert_close(PhaseSum(dh, None, ab)(rho, phi), dh(rho, phi) + ab(rho, phi))
+    learn = learnable_mask(9)
+    s = PhaseSum(learn, ab)
+    assert [p is learn.phase for p in s.parameters()] == [True]
+    with pytest.raises(ValueError, match="masks"):
+        PhaseSum(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="masks"):
+        PhaseSum()

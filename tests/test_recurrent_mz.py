@@ -438,3 +438,78 @@ def test_map_style_dataset_is_reproducible(tiny_set):
     assert batch["dpms"].shape == (5, 3, 16, 16)
     with pytest.raises(IndexError):
         ds[5]
+
+
+# ----------------------------------------------------------------------------- train for your optics (issue 17)
+_BEAD = dict(kind="beads", shape_yx=(32, 32), n_planes=5, z_step_um=0.5, input_spacing_um=1.0, n_inputs=2,
+             n_objects=1, min_separation_um=1.0)
+_FACTORY_KW = dict(n_train_volumes=1, n_val_volumes=1, width=0.125, levels=2)
+
+
+def _focal_area(spec) -> int:
+    """Pixels above half the peak in the brightest plane of one noise-free bead scan (seed 0)."""
+    clean = simulate_volumes(spec, 1, seed=0, keep_clean=True).clean[0]
+    plane = clean[int(np.argmax(clean.max((1, 2))))]
+    return int((plane > 0.5 * plane.max()).sum())
+
+
+def test_default_microscope_builds_the_same_data_as_before():
+    """A recipe without data.microscope: the same VolumeSpec (and cache key) and the same scans as naming the
+    preset; every factory builds its data spec this way."""
+    from refocuslib.optics import OIL_63X
+    spec = rmz.volume_spec(dict(TINY))
+    assert spec.microscope is OIL_63X and spec.hash_dict() == VolumeSpec(**TINY).hash_dict()
+    assert "mask" not in spec.hash_dict()["microscope"]
+    a = rmz.recurrent_mz_task(dict(TINY), **_FACTORY_KW)
+    b = rmz.recurrent_mz_task({**TINY, "microscope": "OIL_63X"}, **_FACTORY_KW)
+    ref = simulate_volumes(VolumeSpec(**TINY), 1, seed=0)
+    assert np.array_equal(a.data.stacks, ref.stacks) and np.array_equal(b.data.stacks, ref.stacks)
+
+
+def test_psf_json_sets_the_optics_of_every_factory(write_psf_json):
+    from refocuslib.calibrate import ZernikePupil
+    p_na = write_psf_json(0.8, 0.52, 1.518, 0.1, {11: 0.0}, name="na08.json")
+    p_ab = write_psf_json(1.4, 0.52, 1.518, 0.1, {11: 1.5}, name="spherical.json")
+    for factory in (rmz.recurrent_mz_task, rmz.unet3d_task, rmz.deepz_volume_task):
+        task = factory({**_BEAD, "microscope": str(p_na)}, **_FACTORY_KW)
+        assert task.data.spec.microscope.na == 0.8 and task.val_data.spec.microscope.na == 0.8
+    preset = VolumeSpec(**_BEAD)
+    low_na = rmz.volume_spec({**_BEAD, "microscope": str(p_na)})
+    # NA 0.8 instead of 1.4: the in-focus bead covers ≈ (1.4/0.8)² the area
+    assert _focal_area(low_na) > 2 * _focal_area(preset)
+    # a calibrated aberration is imaged, and enters the cache key (its coefficients)
+    ab = rmz.volume_spec({**_BEAD, "microscope": str(p_ab)})
+    assert isinstance(ab.microscope.mask, ZernikePupil)
+    assert ab.hash_dict()["microscope"]["mask"] == {"11": 1.5}
+    c_ab = simulate_volumes(ab, 1, seed=0, keep_clean=True).clean[0]
+    c_0 = simulate_volumes(preset, 1, seed=0, keep_clean=True).clean[0]
+    assert np.abs(c_ab - c_0).max() > 0.05 * c_0.max()
+    # a dict of optics too
+    d = rmz.volume_spec({**_BEAD, "microscope": {"na": 0.8, "wavelength_um": 0.52, "n_immersion": 1.518,
+                                                  "pixel_um": 0.1}})
+    assert d.microscope.na == 0.8 and d.microscope.mask is None
+
+
+@pytest.mark.parametrize("spec,err,match", [
+    ("NOPE", ValueError, "data.microscope.*OIL_63X"),
+    ("no/such/psf.json", FileNotFoundError, "data.microscope.*no such file"),
+    (1.4, ValueError, "data.microscope.*preset name"),
+    ({"na": 1.4, "zoom": 2}, ValueError, "data.microscope.*unknown microscope fields"),
+])
+def test_bad_microscope_names_the_parameter(spec, err, match):
+    with pytest.raises(err, match=match):
+        rmz.recurrent_mz_task({**TINY, "microscope": spec}, **_FACTORY_KW)
+
+
+def test_bad_data_keys_and_microscope_type():
+    with pytest.raises(ValueError, match="unknown keys.*zoom"):
+        rmz.volume_spec({**TINY, "zoom": 2})
+    with pytest.raises(ValueError, match="microscope"):
+        VolumeSpec(**TINY, microscope="OIL_63X")
+
+
+def test_camera_holds_the_spec_numbers():
+    from refocuslib.imaging import Camera
+    spec = VolumeSpec(**TINY, read_noise_e=2.5, background_photons=3.0)
+    assert spec.camera == Camera(qe=0.8, gain=1.0, read_noise_e=2.5, baseline_adu=100.0, background_photons=3.0)
+    assert VolumeSpec(**TINY).camera == Camera(read_noise_e=1.5, background_photons=10.0)

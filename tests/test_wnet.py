@@ -354,3 +354,89 @@ def test_bad_simulator_calls_name_the_parameter(sim):
         sim.sample_batch(2, np.random.default_rng(0), "dh")
     with pytest.raises(ValueError, match="simulator"):
         WNetTask(object())
+
+
+# ----------------------------------------------------------------------------- train for your optics (issue 17)
+_TINY_DATA = dict(dh_range_um=0.5, wf_range_um=0.5, confocal_range_um=0.5, z_step_um=0.5, psf_px=21, crop_px=16)
+
+
+def test_default_microscope_builds_the_same_simulator_as_before():
+    """A recipe without data.microscope builds today's simulator: the 63x/1.4 oil PSFs of the DH mask alone
+    (the formula before calibrated optics existed), the same as naming the preset, and the same batches."""
+    from refocuslib.optics import OIL_63X, double_helix_mask, widefield_psf
+    from refocuslib.tasks.wnet import simulator_from_params
+    default = simulator_from_params(dict(_TINY_DATA))
+    named = WNetBeadSimulator(WNetDataConfig(microscope=OIL_63X, **_TINY_DATA))
+    assert default.config.microscope is OIL_63X and default is simulator_from_params(
+        {**_TINY_DATA, "microscope": "OIL_63X"})
+    z = default.z_um["dh"]
+    args = (21, 0.1, 1.4, 0.52, 1.518)
+    assert torch.equal(default.psfs["dh"], widefield_psf(-z, *args, mask=double_helix_mask(8)).float())
+    assert torch.equal(default.psfs["wf"], widefield_psf(-z, *args).float())
+    for k in ("dh", "wf", "confocal"):
+        assert torch.equal(default.psfs[k], named.psfs[k])
+    a = default.sample_batch(2, torch.Generator().manual_seed(3), "dh")
+    b = named.sample_batch(2, torch.Generator().manual_seed(3), "dh")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_psf_json_sets_the_optics_and_adds_the_calibrated_aberration(write_psf_json):
+    from refocuslib.calibrate import ZernikePupil
+    from refocuslib.optics import PhaseSum, double_helix_mask, widefield_psf
+    from refocuslib.tasks.wnet import simulator_from_params, task_from_params
+    preset = simulator_from_params(dict(_TINY_DATA))
+    # the preset's optics with 1 rad of primary spherical aberration (Noll 11)
+    p = write_psf_json(1.4, 0.52, 1.518, 0.1, {11: 1.0})
+    sim = task_from_params("wnet", "dh", data={**_TINY_DATA, "microscope": str(p)}, width=0.0625, levels=2,
+                           gan=False, n_val=1, val_range_um=0.5).simulator
+    ab = sim.config.microscope.mask
+    assert isinstance(ab, ZernikePupil) and ab.coefficients_rad == {11: 1.0}
+    z, args = sim.z_um["wf"], (21, 0.1, 1.4, 0.52, 1.518)
+    torch.testing.assert_close(sim.psfs["wf"], widefield_psf(-z, *args, mask=ab).float())
+    # the DH mask and the aberration compose (phases add), neither is dropped
+    dh_ab = widefield_psf(-z, *args, mask=PhaseSum(double_helix_mask(8), ab)).float()
+    torch.testing.assert_close(sim.psfs["dh"], dh_ab)
+    for k in ("dh", "wf"):
+        assert float((sim.psfs[k] - preset.psfs[k]).abs().max()) > 0.05 * float(preset.psfs[k].max())
+    # the confocal targets keep the calibrated NA, wavelength and pixel, unaberrated: here the preset's
+    assert torch.equal(sim.psfs["confocal"], preset.psfs["confocal"])
+    # another NA: a wider in-focus PSF (input and confocal target alike)
+    low = simulator_from_params({**_TINY_DATA, "microscope": str(write_psf_json(0.9, 0.52, 1.518, 0.1, {11: 0.0},
+                                                                                name="na09.json"))})
+    assert low.config.microscope.na == 0.9
+    for k in ("wf", "confocal"):
+        assert float(low.psf(k, 0.0).max()) < 0.6 * float(preset.psf(k, 0.0).max())
+
+
+def test_real_calibration_is_accepted_by_relative_path():
+    import warnings
+    from refocuslib.tasks.wnet import simulator_from_params
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its 0.258 µm pixel is coarser than Nyquist (a SamplingWarning)
+        sim = simulator_from_params({**_TINY_DATA, "microscope": "data/beads/psf.json"})
+    m = sim.config.microscope
+    assert m.pixel_um == sim.pixel_um == 0.258 and m.wavelength_um == 0.515 and 11 in m.mask.coefficients_rad
+    assert "mask" in sim.config.as_dict()["microscope"]
+
+
+@pytest.mark.parametrize("spec,err,match", [
+    ("NOPE", ValueError, "data.microscope.*OIL_63X"),
+    ("no/such/psf.json", FileNotFoundError, "data.microscope.*no such file"),
+    (3, ValueError, "data.microscope.*preset name"),
+    ({"na": 1.4}, ValueError, "data.microscope.*needs"),
+])
+def test_bad_microscope_names_the_parameter(spec, err, match):
+    from refocuslib.tasks.wnet import simulator_from_params
+    with pytest.raises(err, match=match):
+        simulator_from_params({**_TINY_DATA, "microscope": spec})
+
+
+def test_camera_holds_the_config_numbers(sim):
+    from refocuslib.imaging import Camera
+    cfg = WNetDataConfig(qe=0.7, gain=2.0, read_noise_e=3.0, baseline_adu=50.0, background_photons=4.0)
+    assert cfg.camera == Camera(qe=0.7, gain=2.0, read_noise_e=3.0, baseline_adu=50.0, background_photons=4.0)
+    assert WNetDataConfig().camera == Camera(0.8, 1.0, 1.5, 100.0, 10.0)
+    photons = torch.rand(2, 16, 16) * 50
+    cam = sim.config.camera
+    expected = cam.photons(cam.counts(photons, torch.Generator().manual_seed(5))) / sim.scale["dh"]
+    assert torch.equal(sim.acquire(photons, "dh", torch.Generator().manual_seed(5)), expected)

@@ -4,8 +4,8 @@ One *volume* is a mechanical wide-field z-scan (|Z| planes, ``z_step_um`` apart)
 volume (nuclei: :func:`refocuslib.samples.nuclei_volume`; 50 nm beads: points splatted on the voxel grid —
 50 nm is far below the 0.19 µm lateral resolution, so a bead is a point) convolved with the wide-field PSF
 (:func:`refocuslib.imaging.image_volume`, the PSF stack computed once per geometry), camera noise
-(:func:`refocuslib.imaging.camera`), then the Deep-Z normalisation of the whole stack (triangle background
-removed, divided by a high percentile). Inputs and targets are planes of that same noisy scan, as in the paper
+(:attr:`VolumeSpec.camera`, a :class:`refocuslib.imaging.Camera`), then the Deep-Z normalisation of the whole
+stack (triangle background removed, divided by a high percentile). Inputs and targets are planes of that same noisy scan, as in the paper
 (its targets are the measured scan): the M inputs sit ``input_spacing_um`` (Δz) apart, centred in the stack;
 every plane of the stack is a target.
 
@@ -26,7 +26,7 @@ import torch
 
 from refocuslib import dpm as _dpm
 from refocuslib._validate import in_range, positive, positive_int
-from refocuslib.imaging import camera, image_volume, normalize_deepz, psf_stack_for_volume
+from refocuslib.imaging import Camera, image_volume, normalize_deepz, psf_stack_for_volume
 from refocuslib.optics import OIL_63X, Microscope
 from refocuslib.samples import Points, nuclei_volume, points_to_volume
 
@@ -44,7 +44,10 @@ class VolumeSpec:
     (``n_objects`` 50 nm beads at random 3D positions, at least ``min_separation_um`` apart laterally).
     Defaults: the CI nuclei geometry (64², |Z| = 13 at 0.5 µm, three inputs Δz = 3 µm apart).
     ``peak_photons``: expected photons at the brightest voxel of the clean scan; ``background_photons`` per
-    pixel. ``norm_percentile``: the percentile that becomes 1 after background removal.
+    pixel; camera: :attr:`camera` (QE 0.8, gain 1, baseline 100 ADU, ``read_noise_e``). ``norm_percentile``:
+    the percentile that becomes 1 after background removal. ``microscope``: the wide-field optics (its ``mask``,
+    e.g. the calibrated pupil of a psf.json, is applied); recipes may name it (``data.microscope``, see
+    :func:`refocuslib.tasks.recurrent_mz.volume_spec`).
     """
     kind: str = "nuclei"
     shape_yx: Tuple[int, int] = (64, 64)
@@ -63,6 +66,10 @@ class VolumeSpec:
     microscope: Microscope = field(default=OIL_63X, compare=False)
 
     def __post_init__(self):
+        if not isinstance(self.microscope, Microscope):
+            raise ValueError(f"microscope: expected a refocuslib.optics.Microscope, got "
+                             f"{type(self.microscope).__name__} {self.microscope!r} (a recipe names one by "
+                             f"data.microscope: refocuslib.tasks.recurrent_mz.volume_spec)")
         for name, conv in (("shape_yx", int), ("radius_um", float)):
             try:
                 object.__setattr__(self, name, tuple(conv(v) for v in getattr(self, name)))
@@ -89,6 +96,12 @@ class VolumeSpec:
         """Axial positions of the scan planes (µm), 0 … (|Z| − 1)·step."""
         return np.arange(self.n_planes) * self.z_step_um
 
+    @property
+    def camera(self) -> Camera:
+        """The camera of the scans (:class:`refocuslib.imaging.Camera`: QE 0.8, gain 1, baseline 100 ADU,
+        ``read_noise_e``, ``background_photons``)."""
+        return Camera(read_noise_e=self.read_noise_e, background_photons=self.background_photons)
+
     def input_indices(self, spacing_um: Optional[float] = None, n_inputs: Optional[int] = None) -> np.ndarray:
         """Plane indices of ``n_inputs`` inputs ``spacing_um`` (Δz) apart, centred in the stack."""
         dz = self.input_spacing_um if spacing_um is None else positive(spacing_um, "spacing_um")
@@ -105,6 +118,11 @@ class VolumeSpec:
         """Plain dict of the parameters (for cache keys and provenance)."""
         d = asdict(self)
         d["microscope"] = {k: v for k, v in asdict(self.microscope).items() if k != "mask"}
+        mask = self.microscope.mask
+        if mask is not None:  # a calibrated pupil (ZernikePupil): its coefficients in full; else its repr
+            coeffs = getattr(mask, "coefficients_rad", None)
+            d["microscope"]["mask"] = ({str(j): float(c) for j, c in coeffs.items()} if isinstance(coeffs, dict)
+                                       else repr(mask))
         return d
 
 
@@ -142,7 +160,10 @@ _PSF_CACHE: Dict[tuple, torch.Tensor] = {}
 def _psf_stack(spec: VolumeSpec) -> torch.Tensor:
     """PSF stack of the scan geometry, computed once per (microscope, |Z|, step, field)."""
     n_psf = 2 * max(spec.shape_yx) + 1
-    key = (repr(spec.microscope), spec.n_planes, spec.z_step_um, n_psf)
+    import json
+    # the optics as in hash_dict (a calibrated pupil by its full coefficients: its repr rounds them)
+    key = (json.dumps(spec.hash_dict()["microscope"], sort_keys=True, default=str), spec.n_planes, spec.z_step_um,
+           n_psf)
     if key not in _PSF_CACHE:
         if len(_PSF_CACHE) > 8:
             _PSF_CACHE.clear()
@@ -174,8 +195,7 @@ def simulate_volumes(spec: VolumeSpec, n_volumes: int, seed: int = 0, keep_clean
         dens, xyz = _density(spec, rng)
         clean = image_volume(dens, spec.microscope, spec.z_step_um, psf_stack=psf).numpy()
         clean *= spec.peak_photons / max(float(clean.max()), 1e-12)
-        counts = camera(clean, rng, read_noise_e=spec.read_noise_e,
-                        background_photons=spec.background_photons).numpy()
+        counts = spec.camera.counts(clean, rng).numpy()
         stacks.append(normalize_deepz(counts, p_high=spec.norm_percentile))
         if keep_clean:
             cleans.append(clean.astype(np.float32))

@@ -35,8 +35,8 @@ import torch
 
 from refocuslib import dpm as _dpm
 from refocuslib._validate import in_range, positive, positive_int
-from refocuslib.imaging import camera
-from refocuslib.optics import OIL_63X, Microscope, confocal_psf, double_helix_mask, widefield_psf
+from refocuslib.imaging import Camera
+from refocuslib.optics import OIL_63X, Microscope, PhaseSum, confocal_psf, double_helix_mask, widefield_psf
 from refocuslib.samples import splat_points
 
 __all__ = ["MODALITIES", "WNetDataConfig", "BeadField", "WNetBeadSimulator", "WNetBeadDataset"]
@@ -58,8 +58,13 @@ class WNetDataConfig:
     ``z_step_um``: axial sampling of the PSF stacks; training planes are drawn on this grid.
     ``psf_px`` (odd): lateral size of the PSF kernels; ``crop_px``: training patch size.
     ``beads_per_um2``: bead density (Poisson, uniform positions: close pairs occur as on a real slide).
-    ``photons``: mean photons per bead per frame (±``photons_spread``, uniform); camera per
-    :func:`refocuslib.imaging.camera`. ``input_normalisation``: how a camera frame becomes the network input,
+    ``microscope``: the input optics (NA, wavelength, immersion, pixel); its ``mask``, e.g. the calibrated pupil
+    of a ``psf.json`` (:class:`refocuslib.calibrate.ZernikePupil`), is the objective's aberration: it is added
+    to the DH mask's phase and is the wide-field pupil; the confocal targets use the same NA, wavelength and
+    pixel, unaberrated (the confocal reference is another instrument).
+    ``photons``: mean photons per bead per frame (±``photons_spread``, uniform); camera: :attr:`camera`
+    (:class:`refocuslib.imaging.Camera` of ``qe``, ``gain``, ``read_noise_e``, ``baseline_adu``,
+    ``background_photons``). ``input_normalisation``: how a camera frame becomes the network input,
     'photons' (the fixed photon scale of the targets, default) or 'percentile' (per image: (x − median)/(P99.9 −
     median), Deep-Z-style pre-processing that removes the haze level and rescales dim, far-defocused frames;
     G_R's target is then rescaled the same way).
@@ -108,6 +113,11 @@ class WNetDataConfig:
         if self.input_normalisation not in ("percentile", "photons"):
             raise ValueError(f"input_normalisation: 'percentile' or 'photons', got {self.input_normalisation!r}")
 
+    @property
+    def camera(self) -> Camera:
+        """The camera of the input frames."""
+        return Camera(self.qe, self.gain, self.read_noise_e, self.baseline_adu, self.background_photons)
+
     def input_range_um(self, modality: str) -> float:
         """Training range (±µm) of the input planes of ``modality`` ('dh' or 'wf')."""
         _check_modality(modality, INPUT_MODALITIES, "input_modality")
@@ -121,6 +131,11 @@ class WNetDataConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["microscope"] = {k: v for k, v in asdict(self.microscope).items() if k != "mask"}
+        mask = self.microscope.mask
+        if mask is not None:  # a calibrated pupil (ZernikePupil): its coefficients in full; else its repr
+            coeffs = getattr(mask, "coefficients_rad", None)
+            d["microscope"]["mask"] = ({str(j): float(c) for j, c in coeffs.items()} if isinstance(coeffs, dict)
+                                       else repr(mask))
         return d
 
 
@@ -168,6 +183,13 @@ class WNetBeadSimulator:
             cfg = WNetDataConfig(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **overrides})
         self.config = cfg
         m = cfg.microscope.replace(nfp_um=0.0, mask=None, modality="widefield")
+        aberration = cfg.microscope.mask  # the objective's pupil phase (e.g. a psf.json calibration) or None
+        if aberration is not None and not callable(aberration):
+            raise ValueError("microscope: its mask must be a callable pupil phase mask(rho, phi) (e.g. a "
+                             "calibrate.ZernikePupil), to add to the DH mask; a phase array is tied to one grid")
+        dh_mask = double_helix_mask(cfg.dh_rings)
+        if aberration is not None:
+            dh_mask = PhaseSum(dh_mask, aberration)
         if m.n_sample is not None and m.n_sample != m.n_immersion:
             raise ValueError("microscope: the bead-layer simulator needs a shift-invariant PSF (no index mismatch)")
         self.pixel_um = m.pixel_um
@@ -177,8 +199,8 @@ class WNetBeadSimulator:
         args = (cfg.psf_px, m.pixel_um, m.na, m.wavelength_um, m.n_immersion)
         # the stack is indexed by the focal plane z; the bead sits at defocus −z from it
         self.psfs: Dict[str, torch.Tensor] = {
-            "dh": widefield_psf(-self.z_um["dh"], *args, mask=double_helix_mask(cfg.dh_rings)),
-            "wf": widefield_psf(-self.z_um["wf"], *args),
+            "dh": widefield_psf(-self.z_um["dh"], *args, mask=dh_mask),
+            "wf": widefield_psf(-self.z_um["wf"], *args, mask=aberration),
             "confocal": confocal_psf(-self.z_um["confocal"], *args, excitation_um=cfg.excitation_um,
                                      pinhole_au=cfg.pinhole_au),
         }
@@ -273,11 +295,8 @@ class WNetBeadSimulator:
     def acquire(self, photons: torch.Tensor, modality: str, generator: torch.Generator) -> torch.Tensor:
         """Camera frame of expected ``photons`` (adds the background), back to normalised units:
         ((ADU − baseline)/(gain·QE) − background) / scale."""
-        cfg = self.config
-        adu = camera(photons, generator, qe=cfg.qe, gain=cfg.gain, read_noise_e=cfg.read_noise_e,
-                     baseline_adu=cfg.baseline_adu, background_photons=cfg.background_photons)
-        est = (adu - cfg.baseline_adu) / (cfg.gain * cfg.qe) - cfg.background_photons
-        return self.normalise(est, modality)
+        cam = self.config.camera
+        return self.normalise(cam.photons(cam.counts(photons, generator)), modality)
 
     def network_input(self, images: torch.Tensor) -> torch.Tensor:
         """Camera frames (…, H, W) in normalised photon units → network input per ``input_normalisation``."""

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refocuslib._validate import in_range, positive, positive_int
-from refocuslib.imaging import camera
+from refocuslib.imaging import Camera
 from refocuslib.models.blocks import scaled
 from refocuslib.optics import Microscope, PupilGrid, make_pupil_grid, psf_from_grid
 
@@ -62,9 +62,10 @@ class PhysicalLayer(nn.Module):
     sub-pixel offset as a pupil phase ramp, on a ``patch_px``² patch added into the frame — the same model as
     :func:`refocuslib.imaging.render_points`, batched and with the grid reused.
 
-    Camera (:func:`refocuslib.imaging.camera`): counts = gain·Poisson(qe·(signal + background)) + N(0, read)
-    + baseline. The noisy frame carries the gradient of its mean (straight-through), so a learnable mask is
-    trained through the noise.
+    Camera (:attr:`camera`, a :class:`refocuslib.imaging.Camera`): counts = gain·Poisson(qe·(signal +
+    background)) + N(0, read) + baseline (the background is per frame, added to the signal before the camera).
+    The noisy frame carries the gradient of its mean (straight-through), so a learnable mask is trained through
+    the noise.
     """
 
     def __init__(self, microscope: Microscope, shape_yx: Tuple[int, int], mask=None, patch_px: int = 41,
@@ -111,6 +112,11 @@ class PhysicalLayer(nn.Module):
         return PhysicalLayer(self.microscope, shape_yx, mask=self.mask if self.mask is not None else self._fixed_mask,
                              patch_px=self.patch_px, qe=self.qe, gain=self.gain, read_noise_e=self.read_noise_e,
                              baseline_adu=self.baseline_adu, fft_px=self.fft_px, chunk=self.chunk).to(self._device())
+
+    @property
+    def camera(self) -> Camera:
+        """The camera (its background 0: :meth:`forward` adds each frame's background to the signal)."""
+        return Camera(self.qe, self.gain, self.read_noise_e, self.baseline_adu, 0.0)
 
     # -- optics ------------------------------------------------------------------------------------------
     @property
@@ -245,14 +251,12 @@ class PhysicalLayer(nn.Module):
         mean_adu = self.gain * self.qe * mean_photons + self.baseline_adu
         if not noise:
             return mean_adu
-        noisy = camera(mean_photons.detach().clamp_min(0), rng=generator, qe=self.qe, gain=self.gain,
-                       read_noise_e=self.read_noise_e, baseline_adu=self.baseline_adu)
+        noisy = self.camera.counts(mean_photons.detach().clamp_min(0), generator)
         return noisy + (mean_adu - mean_adu.detach())  # straight-through: the gradient of the mean
 
     def counts_to_photons(self, counts) -> Tensor:
         """Invert the camera's mean: (counts − baseline)/(gain·qe) — photons per pixel (for fitting)."""
-        c = torch.as_tensor(counts, dtype=torch.float32)
-        return (c - self.baseline_adu) / (self.gain * self.qe)
+        return self.camera.photons(torch.as_tensor(counts, dtype=torch.float32))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -416,8 +416,9 @@ class DeepSTORM3DTask(TrainTask):
 # --------------------------------------------------------------------------------------------------------------
 #: Defaults of :func:`build_task` (CI scale: 48-px training frames, 110 nm × 100 nm voxels, a quarter-width CNN).
 TASK_DEFAULTS = dict(
-    optics="storm",              # 'storm' (λ 0.67 µm, focus 1.5 µm) or 'telomere' (λ 0.58 µm, focus 4.5 µm)
-    z_range_um=None,             # default: the optics' range (0–4 µm or 2–6 µm)
+    optics="storm",              # 'storm' (λ 0.67 µm, focus 1.5 µm), 'telomere' (λ 0.58 µm, focus 4.5 µm), a psf.json
+                                 # path (refocuslib calibrate) or a dict of optics (then give z_range_um)
+    z_range_um=None,             # default: the named optics' range (0–4 µm or 2–6 µm)
     mask="tetrapod_printed",     # a smlm.MASKS name, 'tetrapod_analytic', 'none' or 'learnable'
     mask_size=65,                # pixels of a learnable mask (zero phase = standard PSF at start, as in the paper)
     learn_mask=False, lr_mask=0.05,
@@ -432,13 +433,33 @@ TASK_DEFAULTS = dict(
 )
 
 
-def _optics(name: str):
+def _optics(spec):
+    """(microscope, default z range or None) of a recipe's ``optics``: 'storm' or 'telomere' (the paper's, with
+    their z ranges), a psf.json path or a dict of optics (:func:`refocuslib.calibrate.resolve_microscope`; no
+    default z range: a calibration holds none)."""
     from refocuslib import smlm
-    if name == "storm":
+    if isinstance(spec, str) and spec == "storm":
         return smlm.STORM_OPTICS, smlm.STORM_Z_RANGE_UM
-    if name == "telomere":
+    if isinstance(spec, str) and spec == "telomere":
         return smlm.TELOMERE_OPTICS, smlm.TELOMERE_Z_RANGE_UM
-    raise ValueError(f"optics: 'storm' or 'telomere', got {name!r}")
+    from refocuslib.calibrate import resolve_microscope
+    presets = {"storm": smlm.STORM_OPTICS, "telomere": smlm.TELOMERE_OPTICS}
+    return resolve_microscope(spec, presets, "optics"), None
+
+
+def _plain_spec(value, name: str):
+    """A JSON-able copy of a recipe value (a psf.json path as a string, a dict of optics as plain types), as
+    stored in the checkpoint for :func:`load_localizer`."""
+    import json
+    from pathlib import Path
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        try:
+            return json.loads(json.dumps(value))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: a dict of optics must hold plain numbers and strings ({e})") from None
+    return value
 
 
 def build_mask(name: str, na: float = 1.45, size: int = 65):
@@ -458,15 +479,32 @@ def build_mask(name: str, na: float = 1.45, size: int = 65):
 
 
 def build_task(**config) -> DeepSTORM3DTask:
-    """A :class:`DeepSTORM3DTask` from a flat configuration (keys of :data:`TASK_DEFAULTS`; unknown keys raise)."""
+    """A :class:`DeepSTORM3DTask` from a flat configuration (keys of :data:`TASK_DEFAULTS`; unknown keys raise).
+
+    ``optics``: 'storm' or 'telomere' (the paper's optics and z ranges), a path to a ``psf.json`` written by
+    ``refocuslib calibrate`` (relative: to the working folder, else the repository) or a dict of optics (``na``,
+    ``wavelength_um``, ``n_immersion``, ``pixel_um``, optionally ``n_sample``, ``nfp_um``, ``zernike_noll_rad``);
+    these carry no z range, so ``z_range_um`` is then required. A calibrated aberration is added to the phase of
+    ``mask`` (:class:`~refocuslib.optics.PhaseSum`; with ``mask: none`` it is the pupil alone)."""
     unknown = set(config) - set(TASK_DEFAULTS)
     if unknown:
         raise ValueError(f"config: unknown keys {sorted(unknown)}; expected keys of TASK_DEFAULTS")
     c = {**TASK_DEFAULTS, **config}
     mic, z_default = _optics(c["optics"])
+    if not c["z_range_um"] and z_default is None:
+        raise ValueError(f"z_range_um: optics {c['optics']!r} (a psf.json or a dict of optics) carries no axial "
+                         f"range; give z_range_um: [low, high] µm (depth above the coverslip when the optics set "
+                         f"n_sample, else the distance from the focal plane)")
     z_range = tuple(c["z_range_um"] or z_default)
     shape = (positive_int(c["train_px"], "train_px", 8),) * 2
     mask = build_mask(c["mask"], mic.na, int(c["mask_size"]))
+    if mic.mask is not None:  # a calibrated pupil (psf.json): the objective's aberration, added to the chosen mask
+        from refocuslib.optics import PhaseSum
+        if not callable(mic.mask):
+            raise ValueError("optics: the microscope's mask must be a callable pupil phase (e.g. a psf.json's "
+                             "Zernike pupil) to add to the mask")
+        mask = mic.mask if mask is None else PhaseSum(mask, mic.mask)
+        mic = mic.replace(mask=None)
     physics = PhysicalLayer(mic, shape, mask=mask, patch_px=int(c["patch_px"]), read_noise_e=float(c["read_noise_e"]),
                             fft_px=int(c["fft_px"]), qe=float(c["qe"]), gain=float(c["gain"]),
                             baseline_adu=float(c["baseline_adu"]))
@@ -482,6 +520,7 @@ def build_task(**config) -> DeepSTORM3DTask:
     cnn = LocalizationCNN(grid.n_z, width=float(c["width"]), upsampling=grid.upsampling, input_offset=offset,
                           input_scale=adu * positive(norm_ph, "norm_photons"))
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()}
+    cfg["optics"] = _plain_spec(cfg["optics"], "optics")
     return DeepSTORM3DTask(physics, cnn, grid, sampler, batch_size=int(c["batch_size"]),
                            learn_mask=bool(c["learn_mask"]), lr_mask=float(c["lr_mask"]), sigma_vox=c["sigma_vox"],
                            dice_weight=float(c["dice_weight"]), n_val=int(c["n_val"]), overlap=c["overlap"],

@@ -198,11 +198,8 @@ def build_task(spec: dict) -> DeepZTask:
         raise ValueError(f"spec: unknown data keys {unknown_data}{hint}; accepted: {', '.join(accepted)}")
     for key in ("microscope", "target_microscope"):
         if isinstance(data.get(key), (str, dict)):  # a preset name, a psf.json path or a dict of optics
-            from refocuslib.calibrate import microscope_from_spec
-            try:
-                data[key] = microscope_from_spec(data[key], MICROSCOPES)
-            except ValueError as e:
-                raise ValueError(f"spec: data.{key}: {e}") from None
+            from refocuslib.calibrate import resolve_microscope
+            data[key] = resolve_microscope(data[key], MICROSCOPES, f"spec: data.{key}")
     if isinstance(data.get("sample"), str) and "." in data["sample"]:  # a sample callable by dotted path
         data["sample"] = _import_callable(data["sample"], "data.sample")
     for key in ("n_beads", "bead_photons", "n_nuclei", "nuclei_radius_um", "n_filaments", "nonuniform_kinds"):

@@ -41,6 +41,7 @@ from refocuslib.models.blocks import PatchDiscriminator, scaled
 from refocuslib.models.deepz import DeepZDiscriminator, DeepZGenerator
 from refocuslib.models.recurrent_mz import RecurrentMZ
 from refocuslib.models.unet3d import UNet3D
+from refocuslib.optics import OIL_63X
 from refocuslib.train import TrainConfig, TrainResult, TrainTask, fit, load_generator_weights, settings_digest
 
 Tensor = torch.Tensor
@@ -48,7 +49,7 @@ DataLike = Union[VolumeSet, Callable[[], VolumeSet]]
 
 __all__ = ["RecurrentMZTask", "UNet3DTask", "DeepZVolumeTask", "TrainedModels", "train_models",
            "recurrent_mz_task", "unet3d_task", "deepz_volume_task", "RECIPES", "ENSEMBLE_RECIPES", "load_models",
-           "ensemble", "recipe_spec", "held_out_volumes",
+           "ensemble", "recipe_spec", "held_out_volumes", "volume_spec", "MICROSCOPES",
            "uniform_dpms", "recurrent_mz_volume", "deepz_nearest_volume", "unet3d_volume",
            "interpolation_volume", "METHODS"]
 
@@ -280,8 +281,33 @@ class DeepZVolumeTask(_LazyData, TrainTask):
 
 
 # --------------------------------------------------------------------------------- recipe factories (TASKS)
+#: microscopes a recipe's ``data.microscope`` may name (else a psf.json path or a dict of optics).
+MICROSCOPES = {"OIL_63X": OIL_63X}
+
+
+def volume_spec(data: dict) -> VolumeSpec:
+    """``VolumeSpec(**data)`` from a recipe's ``data``: ``microscope`` may be a name of :data:`MICROSCOPES`
+    (default: the paper's 63×/1.4 oil), a path to a ``psf.json`` written by ``refocuslib calibrate`` (relative:
+    to the working folder, else the repository; its calibrated pupil is applied) or a dict of optics (``na``,
+    ``wavelength_um``, ``n_immersion``, ``pixel_um``, optionally ``zernike_noll_rad``)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"data: expected a mapping of VolumeSpec fields, got {type(data).__name__} {data!r}")
+    data = dict(data)
+    if data.get("microscope") is not None:
+        from refocuslib.calibrate import resolve_microscope
+        data["microscope"] = resolve_microscope(data["microscope"], MICROSCOPES, "data.microscope")
+    else:
+        data.pop("microscope", None)
+    import dataclasses
+    accepted = [f.name for f in dataclasses.fields(VolumeSpec)]
+    unknown = sorted(map(str, set(data) - set(accepted)))
+    if unknown:
+        raise ValueError(f"data: unknown keys {unknown}; accepted: {', '.join(accepted)}")
+    return VolumeSpec(**data)
+
+
 def _volumes(data: dict, n_train: int, n_val: int, data_seed: int):
-    spec = VolumeSpec(**data)
+    spec = volume_spec(data)
     n_train, n_val = positive_int(n_train, "n_train_volumes"), positive_int(n_val, "n_val_volumes")
     seed = int(data_seed)
     return (spec, lambda: simulate_volumes(spec, n_train, seed=seed),          # noqa: E731
@@ -290,7 +316,7 @@ def _volumes(data: dict, n_train: int, n_val: int, data_seed: int):
 
 def recurrent_mz_task(data: dict, n_train_volumes: int = 16, n_val_volumes: int = 2, data_seed: int = 0, **kw) -> RecurrentMZTask:
     """``train.TASKS['recurrent_mz']``: :class:`RecurrentMZTask` on ``n_train_volumes`` simulated scans of
-    ``VolumeSpec(**data)`` (seed ``data_seed``; ``n_val_volumes`` validation scans, seed ``data_seed + 1``; test
+    :func:`volume_spec` ``(data)`` (seed ``data_seed``; ``n_val_volumes`` validation scans, seed ``data_seed + 1``; test
     volumes use other seeds).
     ``kw``: the task's options (width, levels, norm, batch_size, crop_px, n_inputs, jitter_planes, adv_weight, ...)."""
     spec, tr, va = _volumes(data, n_train_volumes, n_val_volumes, data_seed)
@@ -438,7 +464,7 @@ def ensemble(results_dir="results/ci", names: Sequence[str] = ENSEMBLE_RECIPES, 
 def recipe_spec(name: str) -> VolumeSpec:
     """The scan geometry a recipe was trained on (its ``params.data``)."""
     from refocuslib import recipes
-    return VolumeSpec(**recipes.recipe(name)["params"]["data"])
+    return volume_spec(recipes.recipe(name)["params"]["data"])
 
 
 def held_out_volumes(name: str, n: int, seed: int) -> VolumeSet:

@@ -33,7 +33,8 @@ from refocuslib.models.wnet import CROSS, REFOCUSED, SingleUNet, WNet, patch_dis
 from refocuslib.optics import OIL_63X
 from refocuslib.train import TrainTask
 
-__all__ = ["foreground_l1", "WNetTask", "SingleUNetTask", "task_from_params"]
+__all__ = ["foreground_l1", "WNetTask", "SingleUNetTask", "task_from_params", "simulator_from_params",
+           "MICROSCOPES"]
 
 Tensor = torch.Tensor
 
@@ -181,30 +182,53 @@ class SingleUNetTask(_BeadTask):
         return d, {"d_loss_c": float(d.detach())}
 
 
-_SIMULATORS: Dict[str, WNetBeadSimulator] = {}
+_SIMULATORS: Dict[tuple, WNetBeadSimulator] = {}
+
+#: microscopes a W-Net recipe's ``data.microscope`` may name (else a psf.json path or a dict of optics).
+MICROSCOPES = {"OIL_63X": OIL_63X}
+
+
+def _microscope_key(m) -> Optional[tuple]:
+    """A cache key of a microscope's optics and pupil (None: a mask that cannot be keyed, do not cache)."""
+    import dataclasses
+    from refocuslib.calibrate import ZernikePupil
+    fields = tuple((f.name, getattr(m, f.name)) for f in dataclasses.fields(m) if f.name != "mask")
+    if m.mask is None:
+        return fields + (("mask", None),)
+    if isinstance(m.mask, ZernikePupil):  # a psf.json or a dict of optics
+        return fields + (("mask", tuple(sorted(m.mask.coefficients_rad.items()))),)
+    return None
 
 
 def simulator_from_params(data: Optional[dict] = None) -> WNetBeadSimulator:
-    """A :class:`WNetBeadSimulator` of ``data`` (:class:`WNetDataConfig` fields; 63×/1.4 oil), cached per
-    settings (its PSF stacks take seconds)."""
+    """A :class:`WNetBeadSimulator` of ``data`` (:class:`WNetDataConfig` fields), cached per settings (its PSF
+    stacks take seconds). ``data.microscope``: a name of :data:`MICROSCOPES` (default ``'OIL_63X'``, the
+    paper's 63×/1.4 oil), a path to a ``psf.json`` written by ``refocuslib calibrate`` (relative: to the working
+    folder, else the repository) or a dict of optics (``na``, ``wavelength_um``, ``n_immersion``, ``pixel_um``,
+    optionally ``zernike_noll_rad``); a calibrated aberration is added to the DH mask (see
+    :class:`~refocuslib.datasets.wnet.WNetDataConfig`)."""
     import json
+    from refocuslib.calibrate import resolve_microscope
     data = dict(data or {})
-    if "microscope" in data:
-        raise ValueError("data: the W-Net simulator uses the 63x/1.4 oil objective (optics.OIL_63X); "
-                         "'microscope' cannot be set from a recipe")
+    spec = data.pop("microscope", None)
     bad = set(data) - set(WNetDataConfig.__dataclass_fields__)
     if bad:
         raise ValueError(f"data: unknown keys {sorted(bad)}; accepted: {sorted(WNetDataConfig.__dataclass_fields__)}")
-    key = json.dumps(data, sort_keys=True)
+    microscope = OIL_63X if spec is None else resolve_microscope(spec, MICROSCOPES, "data.microscope")
+    mkey = _microscope_key(microscope)
+    if mkey is None:
+        return WNetBeadSimulator(WNetDataConfig(microscope=microscope, **data))
+    key = (json.dumps(data, sort_keys=True), mkey)
     if key not in _SIMULATORS:
-        _SIMULATORS[key] = WNetBeadSimulator(WNetDataConfig(microscope=OIL_63X, **data))
+        _SIMULATORS[key] = WNetBeadSimulator(WNetDataConfig(microscope=microscope, **data))
     return _SIMULATORS[key]
 
 
 def task_from_params(kind: str = "wnet", input_modality: str = "dh", data: Optional[dict] = None,
                      **kwargs) -> _BeadTask:
     """The recipe factory (``train.TASKS['wnet']``): ``kind`` 'wnet' (the cascade) or 'single' (the single
-    U-Net), fed with ``input_modality`` 'dh' or 'wf'; ``data``: :class:`WNetDataConfig` fields; other keyword
+    U-Net), fed with ``input_modality`` 'dh' or 'wf'; ``data``: :class:`WNetDataConfig` fields (``microscope``: see
+    :func:`simulator_from_params`); other keyword
     arguments go to :class:`WNetTask` / :class:`SingleUNetTask`."""
     if kind not in ("wnet", "single"):
         raise ValueError(f"kind: 'wnet' or 'single', got {kind!r}")
