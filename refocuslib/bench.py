@@ -356,6 +356,59 @@ def bench_deepstorm3d(n: int | None = None, seed: int = 0, density: float = 45.0
     return out
 
 
+@register("deepstorm3d_real")
+def bench_deepstorm3d_real(n: int | None = None, seed: int = 0, repeats: int = 3, recipe: str = "ds3d_tetrapod",
+                           mp: bool = True) -> dict:
+    """The shipped DeepSTORM3D model on one whole real Tetrapod STORM frame (297 × 391 px, paper Fig. 3;
+    ``n``: the frame index, default 0), post-processing included, on this machine's CPU. Times each stage (best
+    of ``repeats``): camera counts → model counts, CNN forward (inference mode), post-processing (threshold, 3D
+    local maxima, centroids: ``VoxelGrid.to_points``), and the whole ``task.localize``; the baseline in the same
+    process is matching pursuit (the paper's) on the same frame (one run; ``mp=False`` skips it)."""
+    import time
+
+    import torch
+
+    from refocuslib import recipes, smlm
+
+    task, _ = recipes.train_cached(recipe, "results/bench", progress=False, use_shipped=True)
+    k = int(n or 0)
+    frames = smlm.load_storm_frames()
+    frame = frames[k]
+    # camera → model counts as notebook 12 does: photon transfer of the 50 frames, background → the model's
+    ptc = smlm.photon_transfer(frames)
+    e_per_adu = float(np.mean(task.sampler.background)) / (ptc["background_adu"] - ptc["offset_adu"])
+    out: dict = {"threads": torch.get_num_threads(), "frame_px": f"{frame.shape[0]}x{frame.shape[1]}",
+                 "recipe": recipe}
+    cnn, grid = task.cnn.eval(), task.grid.resized(frame.shape)
+
+    def best(fn):
+        fn()  # warm-up
+        t = math.inf
+        for _ in range(max(1, int(repeats))):
+            t0 = time.perf_counter()
+            r = fn()
+            t = min(t, time.perf_counter() - t0)
+        return t, r
+
+    conv = dict(baseline_adu=ptc["offset_adu"], e_per_adu=e_per_adu)
+    t_counts, x = best(lambda: task.to_model_counts(frame, **conv)[None, None])
+    with torch.inference_mode():
+        t_cnn, grid_out = best(lambda: cnn(x))
+        t_post, found = best(lambda: grid.to_points(grid_out, task.abs_threshold, task.radius_vox))
+    t_all, pts = best(lambda: task.localize(frame, **conv))
+    out.update({"counts_s": t_counts, "cnn_forward_s": t_cnn, "post_processing_s": t_post,
+                "localize_total_s_per_frame": t_all, "localizations": int(len(pts[0]))})
+    if mp:
+        phys = task.physics.resized(frame.shape)
+        t0 = time.perf_counter()
+        res = smlm.matching_pursuit(phys.counts_to_photons(x[0, 0]), phys, min_photons=6000.0,
+                                    z_range_um=task.grid.z_range_um, max_emitters=60)
+        t_mp = time.perf_counter() - t0
+        out.update({"mp_s_per_frame": t_mp, "mp_localizations": int(len(res.xyz_um)),
+                    "cnn_speedup_over_mp": t_mp / t_all})
+    return out
+
+
 @register("wnet")
 def bench_wnet(n: int | None = None, seed: int = 0, repeats: int = 2, ci=(0.125, 3, 32, 8)) -> dict:
     """W-Net (Yang et al. 2021): inference seconds per ``n``² image (default 512) of the paper-width W-Net (two

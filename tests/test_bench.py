@@ -15,7 +15,8 @@ def test_simulator_bench_reports_both_renderers():
 def test_every_paper_benchmark_runs_on_cpu_at_a_small_size():
     """`python -m refocuslib.bench all` runs every registered benchmark; here each at a small size in its own unit
     (fits, pixels, planes, tile) so the suite stays fast. Speed is reported, not asserted."""
-    assert set(bench.BENCHMARKS) == {"fwhm", "simulator", "deepz", "wnet", "recurrent_mz", "deepstorm3d", "train"}
+    assert set(bench.BENCHMARKS) == {"fwhm", "simulator", "deepz", "wnet", "recurrent_mz", "deepstorm3d",
+                                     "deepstorm3d_real", "train"}
     out = {"fwhm": bench.bench_fwhm(n=64), "deepz": bench.bench_deepz(n=32, repeats=1),
            "wnet": bench.bench_wnet(n=32, repeats=1, ci=None), "recurrent_mz": bench.bench_recurrent_mz(n=2, size=64)}
     # simulator: test above; deepstorm3d: tests/test_deepstorm3d.py
@@ -38,3 +39,13 @@ def test_train_bench_reports_steps_per_s_data_share_and_prefetch_ratio():
         v = out[f"deepz_beads_{key}"]
         assert math.isfinite(v) and v > 0
     assert out["deepz_beads_prefetch_used"] is True
+
+
+def test_deepstorm3d_real_frame_bench_times_every_stage_of_the_shipped_model():
+    """The shipped Tetrapod model on a whole real 297 × 391 STORM frame: each stage timed, detections made (the
+    frame is converted to the model's counts as in notebook 12), and the stages add up to about the total."""
+    out = bench.bench_deepstorm3d_real(repeats=1, mp=False)
+    assert out["frame_px"] == "297x391" and out["localizations"] > 0
+    stages = [out[k] for k in ("counts_s", "cnn_forward_s", "post_processing_s")]
+    assert all(math.isfinite(v) and v >= 0 for v in stages + [out["localize_total_s_per_frame"]])
+    assert "mp_s_per_frame" not in out

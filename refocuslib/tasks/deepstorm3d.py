@@ -112,13 +112,16 @@ def localize(cnn: LocalizationCNN, frames, grid: VoxelGrid, threshold: float, ra
     was_training = cnn.training
     cnn.eval()
     points, grids = [], []
-    for s in range(0, x.shape[0], positive_int(batch_size, "batch_size")):
-        out = cnn(x[s:s + batch_size].to(device))
-        for p, _ in g.to_points(out, threshold, radius_vox):
-            points.append(p)
-        if return_grids:
-            grids.append(out.cpu())
-    cnn.train(was_training)
+    try:
+        with torch.inference_mode():  # no autograd graph: faster, and the grids need no gradients
+            for s in range(0, x.shape[0], positive_int(batch_size, "batch_size")):
+                out = cnn(x[s:s + batch_size].to(device))
+                for p, _ in g.to_points(out, threshold, radius_vox):
+                    points.append(p)
+                if return_grids:
+                    grids.append(out.cpu())
+    finally:
+        cnn.train(was_training)
     return (points, torch.cat(grids)) if return_grids else points
 
 
