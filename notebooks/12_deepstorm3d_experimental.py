@@ -176,8 +176,18 @@ rec.figure(fig, "storm_histogram", "Real Tetrapod STORM frames (mitochondria, CO
            "histogram of the CNN's localizations coloured by depth, and their depth distribution (paper Fig. 3).")
 
 # %%
-regens = [ev.regenerated_residual(storm.physics, p, f) for p, f in zip(locs, model_frames)]
+# the cells' background is not flat: a smooth lower envelope (as for the telomeres below) is fitted with the emitters;
+# the flat-background fit is kept as a number. The ideal floor is what a perfect model would score on each frame
+# (its own regenerated image redrawn through the camera, refitted): ≈ 1 means the criterion is reachable.
+regens_flat = [ev.regenerated_residual(storm.physics, p, f) for p, f in zip(locs, model_frames)]
+regens = [ev.regenerated_residual(storm.physics, p, f, background=smlm.smooth_background(f, 25))
+          for p, f in zip(locs, model_frames)]
 ratios = [r["ratio"] for r in regens]
+floors = [ev.ideal_residual_floor(storm.physics, p, r, seed=seed + i) for i, (p, r) in enumerate(zip(locs, regens_flat))]
+rec.number("storm_residual_to_noise_variance_flat_background_mean", float(np.mean([r["ratio"] for r in regens_flat])))
+rec.number("storm_ideal_model_floor_mean", float(np.mean(floors)))
+print(f"flat background: mean {np.mean([r['ratio'] for r in regens_flat]):.2f}; ideal-model floor "
+      f"{np.mean(floors):.2f}")
 k = 0
 measured, regenerated = model_frames[k], regens[k]["model"]
 residual = measured - regenerated
@@ -208,7 +218,8 @@ v3 = ev.residual_explained(ratios, 1.5, min_frames=50, label="STORM: ")
 rec.claim("Over all 50 real STORM frames the image regenerated from the CNN's localizations leaves a residual "
           "variance ≤ 1.5× the noise variance", "Fig. 3b", "regenerated and measured frames overlay closely",
           f"residual / noise variance {np.mean(ratios):.2f} (mean of {len(ratios)} frames)", holds=v3,
-          note=v3.detail + "; noise variance from the frame's darkest 8x8 tiles")
+          note=v3.detail + f"; noise variance from the frame's darkest 8x8 tiles; smooth background fitted (flat: "
+          f"{np.mean([r['ratio'] for r in regens_flat]):.2f}); a perfect model scores {np.mean(floors):.2f}")
 
 # %% [markdown]
 # ## 3 · Telomeres with the learned PSF (Fig. 5e): detections in one snapshot, in 3D
@@ -217,7 +228,7 @@ rec.claim("Over all 50 real STORM frames the image regenerated from the CNN's lo
 tel = smlm.load_telomeres()
 tlocs = telo.localize(tel)
 fig = plt.figure(figsize=(15, 9))
-counts_found, tratios = [], []
+counts_found, tratios, tfloors = [], [], []
 for row in range(2):
     img = tel[row].astype(np.float64)
     p = tlocs[row]
@@ -225,6 +236,7 @@ for row in range(2):
     bg_map = smlm.smooth_background(img, 25)  # the nucleus' non-uniform background (counts)
     r = ev.regenerated_residual(telo.physics, p, img, background=bg_map)
     tratios.append(r["ratio"])
+    tfloors.append(ev.ideal_residual_floor(telo.physics, p, r, seed=seed + row, background=bg_map))
     vmin, vmax = np.percentile(img, [0.5, 99.7])
     a0 = fig.add_subplot(2, 4, 4 * row + 1)
     a0.imshow(img, cmap="gray", vmin=vmin, vmax=vmax)
@@ -249,6 +261,7 @@ for row in range(2):
         a.axis("off")
     rec.number(f"telomeres{row + 1}_found", len(p))
     rec.number(f"telomeres{row + 1}_residual_to_noise_variance", r["ratio"])
+    rec.number(f"telomeres{row + 1}_ideal_model_floor", tfloors[-1])
 fig.tight_layout()
 rec.figure(fig, "telomeres", "Real telomere snapshots with the learned PSF: CNN localizations coloured by depth, "
            "the image regenerated from them, the residual, and the detections in 3D (paper Fig. 5e).")
@@ -260,6 +273,21 @@ rec.claim("Each telomere snapshot with the learned PSF gives 45–75 detections"
           f"{counts_found} detections", holds=vc, note=vc.detail + "; no ground truth here: a count, not a Jaccard")
 vr = ev.residual_explained(tratios, 1.5, min_frames=2, label="telomeres: ")
 rec.claim("The regenerated telomere snapshot leaves a residual ≤ 1.5× the noise variance", "Fig. 5e",
-          "the regenerated image matches the snapshot", f"{np.round(tratios, 2).tolist()}", holds=vr, note=vr.detail)
+          "the regenerated image matches the snapshot", f"{np.round(tratios, 2).tolist()}", holds=vr,
+          note=vr.detail + f"; a perfect model scores {np.round(tfloors, 2).tolist()}")
 print(f"notebook time {time.time() - t_start:.0f} s")
 rec.save()
+
+# %% [markdown]
+# ## Reading the residuals
+#
+# The criterion divides the residual variance by the noise variance of the frame's darkest tiles, so it holds
+# even a perfect model to the background noise alone. The *ideal floor* (`evaluate.deepstorm3d.
+# ideal_residual_floor`: the regenerated image redrawn through the camera and refitted) shows what a perfect
+# model scores on each frame. On the sparse STORM frames it is ≈ 1.04, so the criterion is fair there; fitting
+# the cells' smooth, non-uniform background (as for the telomeres) takes the ratio from ≈ 2.3 (flat background) to
+# ≈ 1.7, and lowering the detection threshold to a quarter (more than four times the localisations) lowered it only
+# to ≈ 1.6 in a check on four frames, so what is left is mostly the shape of the PSF around found emitters (model
+# mismatch), not missed emitters. On the bright telomere snapshots even a perfect model scores ≈ 2.6–2.8 (their
+# shot noise exceeds the background noise), so ≤ 1.5 is out of reach by construction there; ours is ≈ 15–20×
+# that floor, a large PSF mismatch of the learned mask's model against the measured snapshots.

@@ -488,3 +488,20 @@ def test_physics_camera_holds_the_layer_numbers():
                                          background_photons=0.0)
     counts = torch.tensor([50.0, 68.0, 230.0])
     torch.testing.assert_close(phys.counts_to_photons(counts), torch.tensor([0.0, 10.0, 100.0]))
+
+
+def test_ideal_residual_floor_is_about_one_for_a_frame_drawn_from_the_model():
+    """A frame simulated from known emitters, regenerated from those same emitters: the residual is the camera
+    noise alone, so both the measured ratio and the ideal floor are ≈ 1; no localisations leave the signal."""
+    from refocuslib import smlm
+    from refocuslib.evaluate import deepstorm3d as ev
+    from refocuslib.models.deepstorm3d import PhysicalLayer
+    phys = PhysicalLayer(smlm.STORM_OPTICS, (64, 64), mask=smlm.real_mask("tetrapod_printed"))
+    pts_nm = np.array([[2000.0, 2500.0, 1200.0], [4500.0, 4000.0, 2800.0], [3500.0, 1200.0, 600.0]])
+    xyz = torch.as_tensor(pts_nm / 1000.0, dtype=torch.float32)[None]
+    frame = phys(xyz, torch.full((1, 3), 8000.0), background_photons=50.0,
+                 generator=torch.Generator().manual_seed(1))[0, 0].numpy().astype(np.float64)
+    reg = ev.regenerated_residual(phys, pts_nm, frame)
+    floor = ev.ideal_residual_floor(phys, pts_nm, reg, seed=2)
+    assert 0.8 < reg["ratio"] < 1.4 and 0.8 < floor < 1.4
+    assert ev.regenerated_residual(phys, np.zeros((0, 3)), frame)["ratio"] > 1.5  # no localisations: fails

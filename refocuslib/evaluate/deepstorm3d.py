@@ -190,6 +190,18 @@ def regenerated_residual(physics, points_nm, frame_counts, background=None) -> d
     return {"model": model, "residual_var": res_var, "noise_var": noise, "ratio": res_var / noise, "photons": ph}
 
 
+def ideal_residual_floor(physics, points_nm, regenerated: dict, seed: int = 0, background=None) -> float:
+    """What a perfect model would score in :func:`regenerated_residual`: the regenerated image (``regenerated``,
+    its result for ``points_nm``) taken as the truth, drawn again through ``physics``' camera (shot + read noise),
+    and refitted with the same localisations. Close to 1 when the criterion is reachable; well above 1 when the
+    frame's own shot noise (bright emitters) exceeds the background noise the criterion divides by."""
+    model = np.asarray(regenerated["model"], dtype=np.float64)
+    phys = physics.resized(model.shape)
+    photons = np.clip((model - phys.baseline_adu) / (phys.gain * phys.qe), 0.0, None)
+    sim = phys.camera.counts(photons, rng=int(seed)).numpy().astype(np.float64)
+    return float(regenerated_residual(physics, points_nm, sim, background=background)["ratio"])
+
+
 # ----------------------------------------------------------------------------------------------------- predicates
 def cnn_beats_mp(result: DensityResult, margin: float = 0.1, min_frames: int = 8) -> Verdict:
     """Fig. 2b: at this (high) density the CNN's JI exceeds MP's by ≥ ``margin`` on the same (paired) frames:
