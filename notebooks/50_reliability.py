@@ -31,9 +31,10 @@
 # that on held-out simulated samples, together with the true error against the simulated ground truth, and end
 # with a method table of measured inference times on this machine.
 #
-# **Models.** Deep-Z: three members of one recipe (notebook 01's data and network, 2000 steps each) differing only
-# in the seed, shipped in `data/checkpoints/`. Recurrent-MZ: the nuclei recipe of notebook 20 (seed 0 shared) plus other seeds. At CI scale
-# the networks are small and briefly trained; the `full` profile uses paper-scale settings.
+# **Models.** Deep-Z: notebook 01's shipped model (`deepz_beads`, 14 000 steps) and a second member of the same
+# recipe that differs only in its seeds (weights and training samples, `deepz_beads_s1`), both shipped in
+# `data/checkpoints/`. Recurrent-MZ: the nuclei recipe of notebook 20 plus the same recipe with seeds 1 and 2 (half
+# its steps). At CI scale the networks are small; the `full` profile uses paper-scale settings.
 
 # %% tags=["parameters"]
 profile = "ci"
@@ -41,7 +42,7 @@ results_dir = "results/ci/50_reliability"
 seed = 0
 device = "cpu"
 threads = 2
-deepz_ensemble_recipes = ["deepz_ens_s0", "deepz_ens_s1"]  # refocuslib/recipes.yaml, one per seed
+deepz_ensemble_recipes = ["deepz_beads", "deepz_beads_s1"]  # refocuslib/recipes.yaml: notebook 01's model and one more seed
 eval_fov_px = 96
 n_fields = 2  # held-out fields per condition
 in_range_planes_um = [-2.0, 2.0]  # input focal planes inside the trained ±3 µm (refocused back to the sample)
@@ -104,7 +105,9 @@ print(f"trained range {trained_range} µm; ensemble ready in {time.time() - t0:.
 # noisy: even the true answer leaves a residual, the *noise floor* (`consistency_floor`: the same check applied
 # to the noise-free truth). Bright, dense filaments have a much lower floor than sparse beads, so their
 # consistency NRMSE can fall although the network does worse on them. The *excess* over the floor
-# (`consistency_excess`, 1 for an answer as consistent as the truth) removes that; both are reported.
+# (`consistency_excess`, 1 for an answer as consistent as the truth) removes that; both are reported as numbers.
+# At low SNR the floor itself is high (the input's noise dominates the check), so the excess there says that the
+# check cannot tell the network's error from the noise, even where the consistency NRMSE rises.
 
 # %%
 step = task.data.z_step_um
@@ -191,11 +194,6 @@ for name in names[1:]:
     rec.claim(f"Deep-Z consistency error rises for {key}", "review §4 (ANNA-PALM-style re-imaging)",
               "higher than in distribution", f"{rows[name]['consistency_nrmse']:.4f} vs {ind['consistency_nrmse']:.4f}",
               holds=rows[name]["consistency_nrmse"] > ind["consistency_nrmse"])
-    rec.claim(f"Deep-Z consistency excess over the noise floor rises for {key}",
-              "review §4 (re-imaging; our noise-floor reading)", "higher than in distribution",
-              f"×{rows[name]['consistency_excess']:.2f} vs ×{ind['consistency_excess']:.2f} (floors "
-              f"{rows[name]['consistency_floor']:.3f} vs {ind['consistency_floor']:.3f})",
-              holds=rows[name]["consistency_excess"] > ind["consistency_excess"])
 
 # %% [markdown]
 # ## 3 · Recurrent-MZ ensemble on volumes
