@@ -20,7 +20,7 @@ best, not the darkest; the zero output's and the identity's (input as output) JI
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,8 +47,17 @@ def foreground_l1(output: Tensor, target: Tensor, weight: float = 20.0) -> Tenso
 
 
 class _BeadTask(TrainTask):
-    def __init__(self, simulator: WNetBeadSimulator, input_modality: str, batch_size: int, alpha: float,
-                 fg_weight: float, n_val: int, val_seed: int, val_range_um: float, threshold: float):
+    """Shared by :class:`WNetTask` and :class:`SingleUNetTask`: the simulator, loss weights, the validation batch
+    and the networks — ``make_generator(width, levels)`` and ``make_discriminator(width, blocks)`` of the subclass.
+    ``init_seed`` seeds the weights (after the validation batch is drawn from its own generator)."""
+    make_generator: Callable
+    make_discriminator: Callable
+
+    def __init__(self, simulator: WNetBeadSimulator, input_modality: str = "dh", width: float = 1.0,
+                 levels: int = 5, gan: bool = True, disc_width: Optional[float] = None, disc_blocks: int = 6,
+                 batch_size: int = 8, alpha: float = 0.02, fg_weight: float = 20.0, n_val: int = 16,
+                 val_seed: int = 12345, val_range_um: float = 2.0, threshold: float = 0.3,
+                 init_seed: Optional[int] = None):
         if not isinstance(simulator, WNetBeadSimulator):
             raise ValueError(f"simulator: expected a WNetBeadSimulator, got {type(simulator).__name__}")
         if input_modality not in INPUT_MODALITIES:
@@ -64,6 +73,11 @@ class _BeadTask(TrainTask):
             input_range_um=in_range(val_range_um, "val_range_um", 0.0, simulator.config.input_range_um(input_modality)),
             target_range_um=0.0)
         self._baselines = None
+        if init_seed is not None:
+            torch.manual_seed(int(init_seed))
+        self.generator = type(self).make_generator(width, levels)
+        self.discriminator = (type(self).make_discriminator(width if disc_width is None else disc_width, disc_blocks)
+                              if gan else None)
 
     @property
     def trained_dpm_range_um(self) -> Tuple[float, float]:
@@ -113,18 +127,8 @@ class WNetTask(_BeadTask):
     (paper 1.0/6); ``fg_weight``: λ of :func:`foreground_l1`; ``alpha``: adversarial weight (paper 0.02).
     """
 
-    def __init__(self, simulator: WNetBeadSimulator, input_modality: str = "dh", width: float = 1.0,
-                 levels: int = 5, gan: bool = True, disc_width: Optional[float] = None, disc_blocks: int = 6,
-                 batch_size: int = 8, alpha: float = 0.02, fg_weight: float = 20.0, n_val: int = 16,
-                 val_seed: int = 12345, val_range_um: float = 2.0, threshold: float = 0.3,
-                 init_seed: Optional[int] = None):
-        super().__init__(simulator, input_modality, batch_size, alpha, fg_weight, n_val, val_seed, val_range_um,
-                         threshold)
-        if init_seed is not None:
-            torch.manual_seed(int(init_seed))
-        self.generator = WNet(width, levels)
-        self.discriminator = (wnet_discriminators(width if disc_width is None else disc_width, disc_blocks)
-                              if gan else None)
+    make_generator = WNet
+    make_discriminator = staticmethod(wnet_discriminators)
 
     def final_output(self, output: Tensor) -> Tensor:
         return output[:, CROSS:CROSS + 1]
@@ -159,18 +163,8 @@ class WNetTask(_BeadTask):
 class SingleUNetTask(_BeadTask):
     """The single U-Net comparison (image + DPM → confocal), the same loss with one discriminator if ``gan``."""
 
-    def __init__(self, simulator: WNetBeadSimulator, input_modality: str = "dh", width: float = 1.0,
-                 levels: int = 5, gan: bool = True, disc_width: Optional[float] = None, disc_blocks: int = 6,
-                 batch_size: int = 8, alpha: float = 0.02, fg_weight: float = 20.0, n_val: int = 16,
-                 val_seed: int = 12345, val_range_um: float = 2.0, threshold: float = 0.3,
-                 init_seed: Optional[int] = None):
-        super().__init__(simulator, input_modality, batch_size, alpha, fg_weight, n_val, val_seed, val_range_um,
-                         threshold)
-        if init_seed is not None:
-            torch.manual_seed(int(init_seed))
-        self.generator = SingleUNet(width, levels)
-        self.discriminator = (patch_discriminator(width if disc_width is None else disc_width, disc_blocks)
-                              if gan else None)
+    make_generator = SingleUNet
+    make_discriminator = staticmethod(patch_discriminator)
 
     def generator_loss(self, batch: Dict[str, Tensor], output: Tensor) -> Tuple[Tensor, Dict[str, float]]:
         d = self.discriminator(output) if self.discriminator is not None else None
