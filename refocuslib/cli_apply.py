@@ -524,3 +524,65 @@ def _setup_localize(subparsers) -> None:
          "refocuslib localize frames_folder/ --model ds3d_tetrapod --tile 128 -o locs.csv"],
         "TIFF frames ((T, Y, X) stacks or 2D), or folders of them", "output CSV", "ds3d_tetrapod", _run_localize)
     p.add_argument("--no-photons", action="store_true", help="skip the photon-count fit (faster)")
+
+
+# ------------------------------------------------------------------------------------------------ models
+#: validation metric of each task: (key in the provenance's best_validation, label)
+_VAL_METRIC = {"deepz": ("val_nrmse", "NRMSE"), "deepz_volume": ("val_psnr", "PSNR dB"),
+               "recurrent_mz": ("val_psnr", "PSNR dB"), "unet3d": ("val_psnr", "PSNR dB"),
+               "wnet": ("val_ji", "JI"), "deepstorm3d": ("jaccard", "JI")}
+
+
+def shipped_models_table() -> List[dict]:
+    """One row per shipped model (``data/checkpoints/*.json`` of a current recipe): name, paper, optics, pixel
+    size, trained range, sample, validation metric and CPU-hours, from its provenance JSON."""
+    from refocuslib import recipes
+    from refocuslib.provenance import repo_root
+    rows = []
+    for name in recipes.shipped_names():
+        rec = recipes.recipe(name)
+        js = Path(repo_root()) / "data" / "checkpoints" / f"{recipes.run_name(rec)}.json"
+        prov = json.loads(js.read_text()) if js.is_file() else {}
+        about = rec.get("about") or {}
+        key, label = _VAL_METRIC.get(rec.get("task"), ("val_loss", "val_loss"))
+        val = (prov.get("best_validation") or {}).get(key)
+        secs = prov.get("train_seconds")
+        rows.append({"name": name, "paper": about.get("paper", ""), "optics": about.get("objective", ""),
+                     "pixel_um": about.get("pixel_um"), "trained_range_um": about.get("trained_range_um"),
+                     "sample": about.get("sample", ""),
+                     "validation": f"{label} {val:.3g}" if isinstance(val, (int, float)) else "–",
+                     "cpu_hours": round(secs / 3600.0, 2) if isinstance(secs, (int, float)) else None,
+                     "shipped": js.is_file(), "file": js.with_suffix(".pt").name})
+    return rows
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    def body():
+        rows = shipped_models_table()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        cols = [("name", "name"), ("paper", "paper"), ("optics", "optics"), ("pixel_um", "pixel µm"),
+                ("trained_range_um", "range µm"), ("validation", "validation"), ("cpu_hours", "CPU-h"),
+                ("sample", "sample")]
+        cell = (lambda r, k: "–" if r[k] is None else (("" if r["shipped"] else "(not shipped) ") + r[k]
+                                                        if k == "name" else str(r[k])))
+        widths = [max(len(h), *(len(cell(r, k)) for r in rows)) for k, h in cols[:-1]]
+        print("  ".join(h.ljust(w) for (_, h), w in zip(cols[:-1], widths)) + "  sample")
+        for r in rows:
+            print("  ".join(cell(r, k).ljust(w) for (k, _), w in zip(cols[:-1], widths)) + "  " + cell(r, "sample"))
+        print(f"\n{MODEL_NOTE}")
+        return 0
+    return _run_guarded("models", body)
+
+
+@subcommand
+def _setup_models(subparsers) -> None:
+    p = subparsers.add_parser(
+        "models", help="list the shipped models (name, paper, optics, pixel, trained range, validation, CPU-hours)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The trained models shipped in data/checkpoints/, one per recipe of refocuslib/recipes.yaml, from "
+                    "their provenance JSON. Every apply command (refocus, volume, wnet, localize) takes --model NAME.",
+        epilog="examples:\n  refocuslib models\n  refocuslib models --json > models.json")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=_run_models)

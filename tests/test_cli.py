@@ -138,3 +138,14 @@ def test_unknown_model_is_one_line_error(tmp_path, capsys):
     assert cli.main(["wnet", str(src), "--model", "no_such_model", "-o", str(tmp_path / "o.tif")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "neither a recipe name" in err[0]
+
+
+def test_models_command_lists_the_shipped_models(capsys):
+    import json as _json
+    from refocuslib import cli, recipes
+    assert cli.main(["models", "--json"]) == 0
+    rows = _json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == recipes.shipped_names()
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "deepz_beads" in out and "CPU-h" in out and "fits only the microscope" in out

@@ -139,3 +139,22 @@ def test_unknown_task_params_name_the_key():
 def test_no_stale_shipped_checkpoints():
     """Every file in data/checkpoints belongs to a current recipe (an older digest would never be loaded)."""
     assert recipes.stale_shipped() == []
+
+
+def test_every_about_block_has_plain_keys():
+    """A comma inside an unquoted YAML flow value silently splits it into extra keys (it did: 'sample: … z = 0, 4,
+    8 µm' became keys 4 and '8 µm)'); every ``about`` key must be a plain identifier."""
+    import re
+    from refocuslib import recipes
+    for name, rec in recipes.registry().items():
+        for key in (rec.get("about") or {}):
+            assert isinstance(key, str) and re.fullmatch(r"[a-z_][a-z0-9_]*", key), (name, key)
+
+
+def test_models_table_lists_every_shipped_recipe():
+    from refocuslib import recipes
+    from refocuslib.cli_apply import shipped_models_table
+    rows = shipped_models_table()
+    assert [r["name"] for r in rows] == recipes.shipped_names()
+    for r in rows:
+        assert r["paper"] and r["optics"] and r["pixel_um"] and r["sample"]
