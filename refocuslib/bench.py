@@ -370,6 +370,8 @@ def bench_deepstorm3d_real(n: int | None = None, seed: int = 0, repeats: int = 3
 
     from refocuslib import recipes, smlm
 
+    if not recipes.shipped_path(recipes.recipe(recipe)).is_file():  # a benchmark never trains
+        raise ValueError(f"recipe: {recipe!r} has no shipped model in data/checkpoints; benchmark a shipped one")
     task, _ = recipes.train_cached(recipe, "results/bench", progress=False, use_shipped=True)
     k = int(n or 0)
     frames = smlm.load_storm_frames()
