@@ -197,7 +197,7 @@ def ideal_residual_floor(physics, points_nm, regenerated: dict, seed: int = 0, b
     frame's own shot noise (bright emitters) exceeds the background noise the criterion divides by."""
     model = np.asarray(regenerated["model"], dtype=np.float64)
     phys = physics.resized(model.shape)
-    photons = np.clip((model - phys.baseline_adu) / (phys.gain * phys.qe), 0.0, None)
+    photons = phys.counts_to_photons(model).clamp_min(0.0)
     sim = phys.camera.counts(photons, rng=int(seed)).numpy().astype(np.float64)
     return float(regenerated_residual(physics, points_nm, sim, background=background)["ratio"])
 
