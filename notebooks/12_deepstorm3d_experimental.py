@@ -127,9 +127,9 @@ rec.figure(fig, "real_masks", "The paper's fabricated Tetrapod (top, λ 0.67 µm
 
 # %%
 frames = smlm.load_storm_frames(n_storm_frames)
-ptc = smlm.photon_transfer(frames)
+model_frames, ptc, e_per_adu = smlm.to_model_frames(storm, frames, rescale=storm_rescale)
+model_frames = model_frames.numpy()
 model_bg = float(np.mean(storm.sampler.background))  # photons/px of the model's training frames
-e_per_adu = model_bg / (ptc["background_adu"] - ptc["offset_adu"]) if storm_rescale else None
 print(f"{len(frames)} STORM frames of {frames.shape[1]} x {frames.shape[2]} px; photon transfer: gain "
       f"{ptc['gain_adu']:.2f} ADU/photon, offset {ptc['offset_adu']:.1f} ADU, background "
       f"{ptc['background_photons']:.1f} photons/px; " + (f"rescaled by {e_per_adu:.2f} model photons per ADU "
@@ -137,8 +137,6 @@ print(f"{len(frames)} STORM frames of {frames.shape[1]} x {frames.shape[2]} px; 
 rec.number("storm_gain_adu_per_photon", ptc["gain_adu"])
 rec.number("storm_offset_adu", ptc["offset_adu"])
 rec.number("storm_background_photons", ptc["background_photons"])
-model_frames = (storm.to_model_counts(frames, baseline_adu=ptc["offset_adu"], e_per_adu=e_per_adu) if storm_rescale
-                else torch.as_tensor(frames)).numpy()
 locs = storm.localize(model_frames)
 allp = np.concatenate([p for p in locs]) if locs else np.zeros((0, 3))
 print(f"{len(allp)} localizations ({len(allp) / len(frames):.0f} per frame)")

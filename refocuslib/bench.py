@@ -361,7 +361,8 @@ def bench_deepstorm3d_real(n: int | None = None, seed: int = 0, repeats: int = 3
                            mp: bool = True) -> dict:
     """The shipped DeepSTORM3D model on one whole real Tetrapod STORM frame (297 × 391 px, paper Fig. 3;
     ``n``: the frame index, default 0), post-processing included, on this machine's CPU. Times each stage (best
-    of ``repeats``): camera counts → model counts, CNN forward (inference mode), post-processing (threshold, 3D
+    of ``repeats``): camera counts → model counts (the conversion of :func:`refocuslib.smlm.to_model_frames`),
+    CNN forward (inference mode), post-processing (threshold, 3D
     local maxima, centroids: ``VoxelGrid.to_points``), and the whole ``task.localize``; the baseline in the same
     process is matching pursuit (the paper's) on the same frame (one run; ``mp=False`` skips it)."""
     import time
@@ -376,28 +377,20 @@ def bench_deepstorm3d_real(n: int | None = None, seed: int = 0, repeats: int = 3
     k = int(n or 0)
     frames = smlm.load_storm_frames()
     frame = frames[k]
-    # camera → model counts as notebook 12 does: photon transfer of the 50 frames, background → the model's
-    ptc = smlm.photon_transfer(frames)
-    e_per_adu = float(np.mean(task.sampler.background)) / (ptc["background_adu"] - ptc["offset_adu"])
+    model_frames, ptc, e_per_adu = smlm.to_model_frames(task, frames)  # as notebook 12 converts them
+    x = model_frames[k][None, None]
     out: dict = {"threads": torch.get_num_threads(), "frame_px": f"{frame.shape[0]}x{frame.shape[1]}",
                  "recipe": recipe}
     cnn, grid = task.cnn.eval(), task.grid.resized(frame.shape)
-
-    def best(fn):
-        fn()  # warm-up
-        t = math.inf
-        for _ in range(max(1, int(repeats))):
-            t0 = time.perf_counter()
-            r = fn()
-            t = min(t, time.perf_counter() - t0)
-        return t, r
-
-    conv = dict(baseline_adu=ptc["offset_adu"], e_per_adu=e_per_adu)
-    t_counts, x = best(lambda: task.to_model_counts(frame, **conv)[None, None])
+    reps = max(1, int(repeats))
+    t_counts = _best_time(lambda: task.to_model_counts(frame, baseline_adu=ptc["offset_adu"], e_per_adu=e_per_adu),
+                          reps)
     with torch.inference_mode():
-        t_cnn, grid_out = best(lambda: cnn(x))
-        t_post, found = best(lambda: grid.to_points(grid_out, task.abs_threshold, task.radius_vox))
-    t_all, pts = best(lambda: task.localize(frame, **conv))
+        grid_out = cnn(x)  # warm-up, and the grid the post-processing is timed on
+        t_cnn = _best_time(lambda: cnn(x), reps)
+        t_post = _best_time(lambda: grid.to_points(grid_out, task.abs_threshold, task.radius_vox), reps)
+    pts = task.localize(x[0, 0])
+    t_all = _best_time(lambda: task.localize(x[0, 0]), reps)
     out.update({"counts_s": t_counts, "cnn_forward_s": t_cnn, "post_processing_s": t_post,
                 "localize_total_s_per_frame": t_all, "localizations": int(len(pts[0]))})
     if mp:

@@ -425,6 +425,19 @@ def fit_blur_sigma(windows, physics: PhysicalLayer, z_range_um: Tuple[float, flo
     return {"sigma_px": best, "sigmas": sig, "residual": list(total / total[0])}
 
 
+def to_model_frames(task, frames, rescale: bool = True):
+    """Measured frames (T, H, W) of one camera → the counts of ``task``'s model camera (a DeepSTORM3D task):
+    the photon transfer of the stack (:func:`photon_transfer`) gives the offset, and ``rescale`` maps the
+    frames' background onto the model's training background (photons per ADU = model background /
+    (background − offset)). Returns ``(model_frames tensor, photon_transfer dict, e_per_adu or None)``."""
+    ptc = photon_transfer(frames)
+    e_per_adu = (float(np.mean(task.sampler.background)) / (ptc["background_adu"] - ptc["offset_adu"])
+                 if rescale else None)
+    x = (task.to_model_counts(frames, baseline_adu=ptc["offset_adu"], e_per_adu=e_per_adu) if rescale
+         else torch.as_tensor(np.asarray(frames, dtype=np.float32)))
+    return x, ptc, e_per_adu
+
+
 def photon_transfer(frames, quantile: float = 0.3, n_bins: int = 8) -> dict:
     """Camera gain and offset from a stack of frames of the same field (photon-transfer curve): per pixel the
     temporal median and robust (MAD) variance; on the darkest ``quantile`` of pixels (background only, so the

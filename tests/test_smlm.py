@@ -90,3 +90,20 @@ def test_fit_photons_with_a_known_background_map(tetrapod_physics):
         smlm.fit_photons(phys, xyz, image, background=np.zeros((3, 3)))
     smooth = smlm.smooth_background(image, 21)
     assert smooth.shape == image.shape and np.all(smooth <= image.max())
+
+
+def test_to_model_frames_maps_the_measured_background_onto_the_models():
+    """The real STORM stack converted for the shipped Tetrapod model: its median background lands on the model's
+    training background (in model counts), and rescale=False leaves the frames as they are."""
+    import numpy as np
+    from refocuslib import recipes, smlm
+    task, _ = recipes.train_cached("ds3d_tetrapod", "results/test_smlm", progress=False, use_shipped=True)
+    frames = smlm.load_storm_frames(8)
+    x, ptc, e_per_adu = smlm.to_model_frames(task, frames)
+    bg_model = float(np.mean(task.sampler.background)) * task.physics.gain * task.physics.qe + task.physics.baseline_adu
+    assert x.shape == frames.shape and e_per_adu > 0
+    at_bg = task.to_model_counts(np.full((2, 2), ptc["background_adu"], np.float32), baseline_adu=ptc["offset_adu"],
+                                 e_per_adu=e_per_adu)  # the frames' background level → the model's
+    assert np.allclose(at_bg.numpy(), bg_model, rtol=1e-4)
+    same, _, none = smlm.to_model_frames(task, frames, rescale=False)
+    assert none is None and np.array_equal(same.numpy(), frames)
