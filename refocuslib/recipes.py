@@ -80,9 +80,36 @@ def shipped_names() -> list:
     return sorted(n for n, r in registry().items() if r.get("shipped", True) is not False)
 
 
+def _psf_file(spec) -> Optional[Path]:
+    """The psf.json file a ``microscope`` value names (as given, else relative to the repository), or None."""
+    if not isinstance(spec, (str, Path)) or not str(spec).endswith(".json"):
+        return None
+    for p in (Path(spec), Path(__file__).resolve().parent.parent / str(spec)):
+        if p.is_file():
+            return p
+    return None
+
+
+def _with_psf_contents(obj):
+    """``obj`` with every ``microscope``/``target_microscope`` that names a psf.json file replaced by
+    ``{"psf.json": path, "sha256": <file hash>}``: a recalibrated psf.json gives a new digest, never an old model."""
+    import hashlib
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            f = _psf_file(v) if k in ("microscope", "target_microscope") else None
+            out[k] = ({"psf.json": str(v), "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} if f is not None
+                      else _with_psf_contents(v))
+        return out
+    if isinstance(obj, list):
+        return [_with_psf_contents(v) for v in obj]
+    return obj
+
+
 def digest(rec: dict) -> str:
-    """Hash of what determines the trained weights: task, params, train and seed (not ``about``)."""
-    return settings_digest({k: rec.get(k) for k in ("task", "params", "train", "seed")})
+    """Hash of what determines the trained weights: task, params (a psf.json named in them by its contents), train
+    and seed (not ``about``)."""
+    return settings_digest(_with_psf_contents({k: rec.get(k) for k in ("task", "params", "train", "seed")}))
 
 
 def run_name(rec: dict) -> str:

@@ -27,6 +27,18 @@ def test_digest_depends_on_what_determines_the_weights_only():
     assert recipes.digest(recipes.recipe("deepz_beads", {"train": {"steps": 10}})) != recipes.digest(rec)
 
 
+def test_digest_hashes_a_named_psf_json_by_its_contents(tmp_path):
+    psf = tmp_path / "psf.json"
+    psf.write_text('{"microscope": {"na": 1.4}}')
+    rec = recipes.recipe("deepz_your_microscope", {"params": {"data": {"microscope": str(psf)}}})
+    d0 = recipes.digest(rec)
+    assert recipes.digest(rec) == d0  # stable
+    psf.write_text('{"microscope": {"na": 1.3}}')  # a recalibration in place: never the old model
+    assert recipes.digest(rec) != d0
+    # a preset name or a dict is hashed as written
+    assert recipes.digest(recipes.recipe("deepz_beads")) == recipes.digest(recipes.recipe("deepz_beads"))
+
+
 def test_unknown_names_and_keys_are_refused_with_the_accepted_ones():
     with pytest.raises(ValueError, match="unknown name 'nope'.*deepz_beads"):
         recipes.recipe("nope")
