@@ -395,6 +395,22 @@ def save_psf_json(calibration: Calibration, path) -> Path:
     return path
 
 
+def coefficient_difference_rad(psf_a: dict, psf_b: dict) -> float:
+    """Largest |c_j(a) − c_j(b)| (rad) over the Noll modes of two psf.json contents (a mode missing in one counts
+    as 0 there); ``inf`` when their optics (NA, λ, immersion, pixel) differ, since then the pupils do not compare."""
+    def parts(d, name):
+        if not isinstance(d, dict) or "microscope" not in d:
+            raise ValueError(f"{name}: expected the content of a psf.json (a dict with 'microscope' and 'pupil')")
+        pupil = d.get("pupil") or {}
+        return d["microscope"], {int(j): float(c) for j, c in (pupil.get("coefficients_rad") or {}).items()}
+    (ma, ca), (mb, cb) = parts(psf_a, "psf_a"), parts(psf_b, "psf_b")
+    for key in ("na", "wavelength_um", "n_immersion", "pixel_um"):
+        if not np.isclose(float(ma[key]), float(mb[key]), rtol=1e-6):
+            return float("inf")
+    modes = set(ca) | set(cb)
+    return float(max((abs(ca.get(j, 0.0) - cb.get(j, 0.0)) for j in modes), default=0.0))
+
+
 def _microscope_from_dict(d: dict, where: str) -> Microscope:
     optics = dict(d.get("microscope", d))
     pupil = d.get("pupil") or {}

@@ -155,3 +155,16 @@ def test_refocus_measured_stack_identity_model():
     assert r["dz_um"] == [0.5, -0.5] and all(v == pytest.approx(1.0) for v in r["nrmse_zero"])
     with pytest.raises(ValueError, match="offsets"):
         refocus_measured_stack(model, stack, 0.5, 2, [0])
+
+
+def test_coefficient_difference_rad():
+    a = {"microscope": {"na": 1.4, "wavelength_um": 0.515, "n_immersion": 1.518, "pixel_um": 0.258},
+         "pupil": {"coefficients_rad": {"5": 0.1, "11": 0.5}}}
+    b = json.loads(json.dumps(a))
+    assert C.coefficient_difference_rad(a, b) == 0.0
+    b["pupil"]["coefficients_rad"] = {"5": 0.15, "7": -0.2}  # 11 missing in b counts as 0
+    assert C.coefficient_difference_rad(a, b) == pytest.approx(0.5)
+    b["microscope"]["na"] = 1.3
+    assert C.coefficient_difference_rad(a, b) == math.inf
+    with pytest.raises(ValueError, match="psf_b"):
+        C.coefficient_difference_rad(a, {"pupil": {}})
