@@ -149,3 +149,24 @@ def test_thin_sample_lies_in_one_plane():
         thin_sample(0, cfg, "beads3d")
     with pytest.raises(ValueError, match="z_um"):
         thin_sample(0, cfg, "beads", z_um=5.0)
+
+
+# ---- claim predicates of notebook 50 (refocuslib.evaluate.reliability)
+def test_score_rises_predicate():
+    from refocuslib.evaluate.reliability import mean_difference, score_rises
+    rng = np.random.default_rng(0)
+    ref = 0.02 + 0.002 * rng.standard_normal(8)
+    assert score_rises(0.05 + 0.002 * rng.standard_normal(8), ref).holds is True
+    # a zero score (identical ensemble members) never rises; the reference against itself does not either
+    assert score_rises(np.zeros(8), ref).holds is False
+    assert score_rises(np.zeros(8), np.zeros(8)).holds is False
+    assert score_rises(ref, ref).holds is False
+    # a rise within the noise (≤ 2 s.e.) is not a rise
+    assert score_rises(ref + 0.0005, ref).holds is False
+    # too few items: not enough data, never ✓
+    assert score_rises([0.5, 0.6], [0.1, 0.1]).holds is None
+    assert score_rises([0.5, 0.6, 0.7, 0.8], [0.1, 0.1, 0.1, 0.1]).holds is True
+    d, se = mean_difference([1.0, 3.0], [0.0, 0.0])
+    assert d == 2.0 and se == pytest.approx(1.0)  # sqrt(var([1,3]) / 2) = sqrt(2 / 2)
+    with pytest.raises(ValueError, match="n_se"):
+        score_rises(ref, ref, n_se=-1)
