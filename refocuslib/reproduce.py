@@ -415,6 +415,36 @@ def _holds(value) -> str:
     return {True: "✓", False: "✗"}.get(value, "–")
 
 
+def _names_in(value, names) -> set:
+    """Registry names among the (nested) parameter values of a notebook."""
+    if isinstance(value, str):
+        return {value} if value in names else set()
+    if isinstance(value, dict):
+        return set().union(*(_names_in(v, names) for v in value.values())) if value else set()
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_names_in(v, names) for v in value)) if value else set()
+    return set()
+
+
+def stale_recipes_by_notebook(summary: Optional[Dict[str, Any]]) -> Dict[str, List[str]]:
+    """For a training profile's summary (its ``trained`` list of recipe digests): per notebook, the recipes it names
+    in its parameters whose current registry digest differs from the one that run trained (or that run did not
+    train at all). Those rows of the README show a run of an older recipe, and say so."""
+    from refocuslib import recipes
+    if not summary or "trained" not in summary:
+        return {}
+    reg = recipes.registry()
+    ran = {t["recipe"]: t["digest"] for t in summary.get("trained") or []}
+    out = {}
+    for nb in summary.get("notebooks", []):
+        used = _names_in((nb.get("provenance") or {}).get("params") or nb.get("parameters") or {}, set(reg))
+        stale = sorted(n for n in used if recipes.shipped_names().count(n)
+                       and ran.get(n) != recipes.digest(recipes.recipe(n)))
+        if stale:
+            out[nb["name"]] = stale
+    return out
+
+
 #: README columns: (profile, heading). ci = the shipped CPU-trained models; retrain = the same recipes trained
 #: from scratch by ``refocuslib reproduce --profile retrain``; full = paper scale on a GPU.
 README_PROFILES = (("ci", "ours (shipped CPU models)"), ("retrain", "ours (retrained from scratch)"),
@@ -428,6 +458,7 @@ def claims_markdown(ci: Optional[Dict[str, Any]], full: Optional[Dict[str, Any]]
     summaries, never typed). The note under it gives each run's commit and "N of M claims hold"."""
     runs = {"ci": ci, "retrain": retrain, "full": full}
     rows = {p: _claim_rows(sm) for p, sm in runs.items()}
+    stale = {p: stale_recipes_by_notebook(runs[p]) for p in TRAINING_PROFILES}
     keys = list(dict.fromkeys(k for p, _ in README_PROFILES for k in rows[p]))
     head = "| notebook | claim | paper figure | paper | " + " | ".join(f"{h} | holds" for _, h in README_PROFILES) + " |"
     lines = [head, "|---|---|---|---|" + "---|---|" * len(README_PROFILES)]
@@ -442,7 +473,9 @@ def claims_markdown(ci: Optional[Dict[str, Any]], full: Optional[Dict[str, Any]]
             else:
                 status = c.get("status")
                 mark = _holds(c.get("holds")) if c.get("holds") is not None else f"– ({status or 'undecided'})"
-                parts += [cell(c.get("ours")), mark]
+                old = stale.get(p, {}).get(key[0])
+                parts += [cell(c.get("ours")) + (f" (run of an older recipe of {', '.join(old)})" if old else ""),
+                          mark]
         lines.append("| " + " | ".join(parts) + " |")
     meta = []
     for p, heading in README_PROFILES:

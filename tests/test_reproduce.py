@@ -248,3 +248,20 @@ def test_train_all_recipes_trains_from_scratch_where_the_profile_looks(tmp_path)
     assert (tmp_path / "retrain" / "checkpoints" / recipes.run_name(tiny) / "best.pt").exists()
     _, res = recipes.train_cached(tiny, tmp_path / "retrain" / "01_x", progress=False, use_shipped=False)
     assert res.resumed_from == 3  # the notebook loads the finished run instead of training
+
+
+def test_retrain_rows_of_changed_recipes_say_so():
+    from refocuslib import recipes, reproduce
+    digest = recipes.digest(recipes.recipe("deepz_beads"))
+    claim = {"claim": "A beats B", "paper_figure": "Fig. 1", "paper_value": 2.0, "ours": 1.5, "holds": True}
+    nb = lambda name, params: {"name": name, "parameters": params, "claims": [claim]}  # noqa: E731
+    retrain = {"profile": "retrain", "trained": [{"recipe": "deepz_beads", "digest": digest},
+                                                {"recipe": "deepz_worm", "digest": "0000000000"}],
+               "notebooks": [nb("01_x", {"model_recipe": "deepz_beads"}),
+                             nb("40_y", {"model_recipe": "deepz_worm", "other": ["deepz_beads", 3]})]}
+    assert reproduce.stale_recipes_by_notebook(retrain) == {"40_y": ["deepz_worm"]}
+    ci = {"profile": "ci", "notebooks": [nb("01_x", {}), nb("40_y", {})]}
+    table = reproduce.claims_markdown(ci, None, retrain)
+    assert "| `01_x` | A beats B | Fig. 1 | 2 | 1.5 | ✓ | 1.5 | ✓ |" in table
+    assert "1.5 (run of an older recipe of deepz_worm) | ✓" in table
+    assert reproduce.stale_recipes_by_notebook(ci) == {}  # not a training profile's summary
