@@ -18,10 +18,29 @@ import numpy as np
 from ._validate import as_image_array, in_range, positive, positive_int
 
 __all__ = ["uniform", "plane", "cylinder", "sinusoid", "from_height_map", "to_network", "from_network",
-           "check_trained_range", "DPMRangeWarning", "NETWORK_SCALE_UM"]
+           "check_trained_range", "DPMRangeWarning", "NETWORK_SCALE_UM", "network_scale"]
 
 #: Deep-Z feeds the DPM to the network divided by this value (µm).
 NETWORK_SCALE_UM = 10.0
+
+
+class network_scale:
+    """Context manager: within it :func:`to_network` divides by ``scale_um`` instead of
+    :data:`NETWORK_SCALE_UM` (10 µm, Deep-Z Methods) — for studies of the DPM conditioning scale only; a model
+    trained inside it must be applied inside it too."""
+
+    def __init__(self, scale_um: float):
+        self.scale_um = positive(scale_um, "scale_um")
+
+    def __enter__(self):
+        global NETWORK_SCALE_UM
+        self._saved, NETWORK_SCALE_UM = NETWORK_SCALE_UM, float(self.scale_um)
+        return self
+
+    def __exit__(self, *exc):
+        global NETWORK_SCALE_UM
+        NETWORK_SCALE_UM = self._saved
+        return False
 
 
 class DPMRangeWarning(UserWarning):
