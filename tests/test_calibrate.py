@@ -152,7 +152,7 @@ def test_refocus_measured_stack_identity_model():
     rng = np.random.default_rng(0)
     stack = (rng.random((5, 32, 32)) * 10 + 100).astype(np.float32)
     r = refocus_measured_stack(model, stack, 0.5, 2, [-1, 1])
-    assert r["dz_um"] == [0.5, -0.5] and all(v == pytest.approx(1.0) for v in r["nrmse_zero"])
+    assert r["dz_um"] == [-0.5, 0.5] and all(v == pytest.approx(1.0) for v in r["nrmse_zero"])
     with pytest.raises(ValueError, match="offsets"):
         refocus_measured_stack(model, stack, 0.5, 2, [0])
 
@@ -168,3 +168,22 @@ def test_coefficient_difference_rad():
     assert C.coefficient_difference_rad(a, b) == math.inf
     with pytest.raises(ValueError, match="psf_b"):
         C.coefficient_difference_rad(a, {"pupil": {}})
+
+
+def test_calibration_stack_order_is_the_reverse_of_the_simulators_focal_planes():
+    """Pins the two conventions behind refocus_measured_stack's DPM = +k·Δz: calibrate models plane k as the bead at
+    defocus (k − k0)·Δz (this file's ``stack`` fixture), while imaging.image_volume's focal plane k0 + j sees a bead
+    at plane k0 at defocus −j·Δz. With an aberration that is not symmetric in z (spherical, Noll 11) the two
+    orders differ, and the simulator's stack reversed is the calibration's."""
+    from refocuslib import imaging
+    mic = Microscope(na=NA, wavelength_um=LAM, n_immersion=N_IMM, pixel_um=PX, mask=C.ZernikePupil({11: 0.6}))
+    nz, c = 9, 4
+    vol = np.zeros((nz, 25, 25))
+    vol[c, 12, 12] = 1.0
+    sim = imaging.image_volume(vol, mic, DZ, psf_pixels=25).numpy()        # focal planes −4Δz … +4Δz
+    z = (np.arange(nz) - c) * DZ                                            # calibration order: defocus grows
+    cal_order = widefield_psf(z, 25, PX, NA, LAM, N_IMM, mask=C.ZernikePupil({11: 0.6}), dtype=torch.float64).numpy()
+    peak = lambda s: s.reshape(nz, -1).max(1)  # noqa: E731
+    assert not np.allclose(peak(cal_order), peak(cal_order)[::-1], rtol=0.02)  # z-asymmetric: the test can tell
+    assert np.allclose(peak(sim[::-1]), peak(cal_order), rtol=0.02)
+    assert not np.allclose(peak(sim), peak(cal_order), rtol=0.02)

@@ -3,10 +3,17 @@ a calibrated PSF against a *measured* bead z-stack.
 
 Protocol (Deep-Z, Wu et al. 2019, Fig. 1: a defocused image of beads refocused by the network is compared with the
 mechanically scanned plane): a plane ``center + k`` of the measured stack is the input, it is refocused by the DPM
-−k·Δz to the bead's central plane, and the output is compared with the measured central plane. The target is
++k·Δz to the bead's central plane, and the output is compared with the measured central plane. The target is
 normalised with the input's background and scale (the training pairs' convention,
 :func:`refocuslib.datasets.deepz.normalize` with ``reference``); the error is the NRMSE ‖out − target‖/‖target‖
 over the bead's crop, beside the same for the un-refocused input (the identity) and the all-zero image (= 1).
+
+The DPM's sign follows from two conventions of the library. :func:`refocuslib.calibrate.calibrate` models plane k of
+a measured stack as the bead at defocus z_k = (k − k₀)·Δz (the bead's distance from the focal plane grows with k),
+while the simulator that trains Deep-Z indexes focal planes (:func:`refocuslib.imaging.image_volume`,
+I(z_f) = Σ V(z) ⊛ PSF(z − z_f): the defocus *falls* as z_f grows), and a DPM is z_target − z_input in focal-plane
+coordinates. Plane ``center + k`` therefore has its focal plane at −k·Δz from the bead, and reaching the bead's
+plane takes DPM = +k·Δz (``tests/test_calibrate.py`` pins both conventions).
 """
 from __future__ import annotations
 
@@ -45,7 +52,8 @@ def shell_beads(rng, shape_zyx: Sequence[int], voxel_um: Tuple[float, float], n_
 def refocus_measured_stack(model, stack, z_step_um: float, center: int, offsets: Sequence[int],
                            crop: Tuple[slice, slice] = (slice(None), slice(None))) -> Dict[str, list]:
     """Refocus planes ``center + k`` (``k`` in ``offsets``) of a measured ``stack`` (nz, H, W) to plane
-    ``center`` with ``model`` (DPM −k·``z_step_um``) and score each against the measured plane (module docstring).
+    ``center`` with ``model`` (DPM +k·``z_step_um``, the stack ordered as :func:`refocuslib.calibrate.calibrate`
+    models it) and score each against the measured plane (module docstring).
     Returns lists per offset: ``dz_um``, ``nrmse_out``, ``nrmse_input``, ``nrmse_zero`` and the images
     ``input``, ``output``, ``target`` (normalised, cropped to ``crop``)."""
     from refocuslib.datasets.deepz import normalize
@@ -60,7 +68,7 @@ def refocus_measured_stack(model, stack, z_step_um: float, center: int, offsets:
             raise ValueError(f"offsets: plane {center} + {k} must be a non-central plane of the {nz}-plane stack")
         inp = normalize(st[i])
         tgt = normalize(st[center], reference=st[i])
-        dz = -int(k) * float(z_step_um)
+        dz = int(k) * float(z_step_um)  # focal plane of plane center+k: −k·Δz from the bead (module docstring)
         res = refocus(model, st[i], dz)  # normalises the input itself, as a user's image
         a, b, t = (x[crop] for x in (inp, res, tgt))
 
