@@ -388,7 +388,7 @@ def bench_deepstorm3d_real(n: int | None = None, seed: int = 0, repeats: int = 3
     with torch.inference_mode():
         grid_out = cnn(x)  # warm-up, and the grid the post-processing is timed on
         t_cnn = _best_time(lambda: cnn(x), reps)
-        t_post = _best_time(lambda: grid.to_points(grid_out, task.abs_threshold, task.radius_vox), reps)
+        t_post = _best_time(lambda: grid.to_points(grid_out, task.abs_threshold, task.nms_radius_vox), reps)
     pts = task.localize(x[0, 0])
     t_all = _best_time(lambda: task.localize(x[0, 0]), reps)
     out.update({"counts_s": t_counts, "cnn_forward_s": t_cnn, "post_processing_s": t_post,

@@ -505,3 +505,20 @@ def test_ideal_residual_floor_is_about_one_for_a_frame_drawn_from_the_model():
     floor = ev.ideal_residual_floor(phys, pts_nm, reg, seed=2)
     assert 0.8 < reg["ratio"] < 1.4 and 0.8 < floor < 1.4
     assert ev.regenerated_residual(phys, np.zeros((0, 3)), frame)["ratio"] > 1.5  # no localisations: fails
+
+
+def test_local_maxima_window_per_axis_and_the_kernel_rule():
+    from refocuslib.models.deepstorm3d import local_maxima_3d, nms_radius, nms_radius_for_kernel
+    v = torch.zeros(12, 9, 9)
+    v[4, 4, 4], v[6, 4, 4] = 1.0, 0.8   # one emitter split over slices 2 apart along z (as the blurred loss allows)
+    v[4, 4, 8] = 0.9                    # another emitter 4 px away laterally
+    assert len(local_maxima_3d(v, 0.1, 1)[0]) == 3          # a 3x3x3 window keeps the split as two
+    pos, val = local_maxima_3d(v, 0.1, (2, 1, 1))
+    assert len(pos) == 2 and np.allclose(sorted(val), [0.9, 1.0])
+    assert nms_radius(1) == (1, 1, 1) and nms_radius([2, 1, 1]) == (2, 1, 1)
+    assert nms_radius_for_kernel((2.0, 1.0, 1.0)) == (2, 1, 1)
+    assert nms_radius_for_kernel((3.0, 4.0, 4.0), 1) == (3, 4, 4)
+    assert nms_radius_for_kernel((0.5, 0.5, 0.5), 1) == (1, 1, 1)
+    for bad in (0, (1, 2), 1.5):
+        with pytest.raises(ValueError, match="radius_vox"):
+            nms_radius(bad)

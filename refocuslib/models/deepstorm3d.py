@@ -262,9 +262,10 @@ class PhysicalLayer(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Recovery grid
 # ----------------------------------------------------------------------------------------------------------
-def local_maxima_3d(volume: Tensor, threshold: float, radius_vox: int = 1, refine: bool = True):
+def local_maxima_3d(volume: Tensor, threshold: float, radius_vox=1, refine: bool = True):
     """Thresholded 3D local maxima of (D, H, W) (or (B, D, H, W)) volumes on any device (max-pooling with a
-    (2r+1)³ window), refined by the weighted centroid of the 3×3×3 neighbourhood (DeepSTORM3D post-processing).
+    (2r+1)³ window, or (2r_z+1, 2r_y+1, 2r_x+1) for ``radius_vox`` = (r_z, r_y, r_x)), refined by the weighted
+    centroid of the 3×3×3 neighbourhood (DeepSTORM3D post-processing).
 
     Returns, per volume, ``(positions (K, 3) float64 voxel units (z, y, x), values (K,))``, brightest first;
     a list for batched input.
@@ -276,9 +277,9 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius_vox: int = 1, refin
     if v.ndim != 4:
         raise ValueError(f"volume: expected (D, H, W) or (B, D, H, W), got shape {tuple(v.shape)}")
     threshold = in_range(threshold, "threshold", -np.inf, np.inf)
-    r = positive_int(radius_vox, "radius_vox", minimum=1)
+    r = nms_radius(radius_vox)
     v = v.detach().float()
-    pooled = F.max_pool3d(v[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
+    pooled = F.max_pool3d(v[:, None], tuple(2 * k + 1 for k in r), stride=1, padding=r)[:, 0]
     peaks = (v == pooled) & (v > threshold)
     padded = F.pad(v, (1, 1, 1, 1, 1, 1)).clamp_min(0)
     offs = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=v.device)] * 3, indexing="ij"), -1).reshape(-1, 3)
@@ -295,6 +296,25 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius_vox: int = 1, refin
         order = torch.argsort(vals, descending=True)
         results.append((pos[order].cpu().numpy(), vals[order].double().cpu().numpy()))
     return results[0] if single else results
+
+
+def nms_radius(radius_vox) -> Tuple[int, int, int]:
+    """(r_z, r_y, r_x) voxels of a local-maximum window from an int (all axes) or a 3-sequence; each ≥ 1."""
+    r = np.asarray(radius_vox).reshape(-1)
+    if r.size not in (1, 3):
+        raise ValueError(f"radius_vox: expected an integer >= 1 or (r_z, r_y, r_x), got {radius_vox!r}")
+    return tuple(positive_int(int(v), "radius_vox", minimum=1) if float(v) == int(v) else
+                 positive_int(v, "radius_vox", minimum=1) for v in np.broadcast_to(r, (3,)))
+
+
+def nms_radius_for_kernel(sigma_vox, radius_vox=1) -> Tuple[int, int, int]:
+    """The local-maximum window that matches a heatmap loss kernel of ``sigma_vox`` (σ_z, σ_y, σ_x) voxels:
+    r = max(``radius_vox``, ⌈σ⌉) per axis. The loss compares Gaussian-blurred grids, so it cannot tell one emitter
+    from its weight split over voxels within σ of each other; a narrower window reports such a split (typically
+    along z, where σ_z spans 2 slices) as two emitters."""
+    sig = np.broadcast_to(np.asarray(sigma_vox, dtype=np.float64).reshape(-1), (3,))
+    base = nms_radius(radius_vox)
+    return tuple(max(b, int(math.ceil(s - 1e-9))) for b, s in zip(base, sig))
 
 
 @dataclass(frozen=True)
@@ -378,7 +398,7 @@ class VoxelGrid:
         return pixels_to_nm(np.asarray(positions_vox, dtype=np.float64).reshape(-1, 3), self.voxel_nm,
                             origin_nm=(1000.0 * self.z_range_um[0], 0.0, 0.0))
 
-    def to_points(self, grid, threshold: float, radius_vox: int = 1, refine: bool = True):
+    def to_points(self, grid, threshold: float, radius_vox=1, refine: bool = True):
         """Post-processing (paper Methods): threshold + 3D local maxima (window 2r+1) + local weighted centroid →
         (K, 3) (x, y, z) nm per frame and the peak confidences; a list for batched grids."""
         found = local_maxima_3d(grid, threshold, radius_vox, refine)

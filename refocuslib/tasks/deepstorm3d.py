@@ -25,7 +25,7 @@ from refocuslib import losses
 from refocuslib._validate import in_range, positive, positive_int
 from refocuslib.datasets.deepstorm3d import EmitterSampler
 from refocuslib.localize import MatchResult, match_points
-from refocuslib.models.deepstorm3d import LocalizationCNN, PhysicalLayer, VoxelGrid
+from refocuslib.models.deepstorm3d import LocalizationCNN, PhysicalLayer, VoxelGrid, nms_radius_for_kernel
 from refocuslib.train import TrainTask, checkpoint_dir
 
 Tensor = torch.Tensor
@@ -132,7 +132,8 @@ class DeepSTORM3DTask(TrainTask):
     targets are occupancy grids × ``cnn.max_value``; loss = heatmap matching of 3D-Gaussian-blurred grids
     (σ = ``sigma_vox`` voxels) + ``dice_weight`` · Dice overlap (:meth:`loss`). ``learn_mask`` trains the physics layer's learnable
     :class:`~refocuslib.optics.ArrayMask` with learning rate ``lr_mask``. Validation: ``n_val`` fixed frames
-    (seed ``val_seed``) → loss, Jaccard, RMSE at ``threshold`` (× ``max_value``) and ``radius_vox``.
+    (seed ``val_seed``) → loss, Jaccard, RMSE at ``threshold`` (× ``max_value``); local maxima in a window of
+    ``max(radius_vox, ⌈σ⌉)`` voxels per axis of ``sigma_vox`` (``nms_radius_vox``).
     """
 
     def __init__(self, physics: PhysicalLayer, cnn: LocalizationCNN, grid: VoxelGrid, sampler: EmitterSampler,
@@ -167,6 +168,8 @@ class DeepSTORM3DTask(TrainTask):
         self.dice_weight = positive(dice_weight, "dice_weight", allow_zero=True)
         self.threshold = in_range(threshold, "threshold", 0.0, 1.0, lo_open=True)
         self.radius_vox = positive_int(radius_vox, "radius_vox")
+        # post-processing window: at least the loss kernel's σ per axis (models.deepstorm3d.nms_radius_for_kernel)
+        self.nms_radius_vox = nms_radius_for_kernel(self.sigma_vox, self.radius_vox)
         self.match_nm = positive(match_nm, "match_nm")
         self.n_val = positive_int(n_val, "n_val")
         self.config = dict(config or {})
@@ -275,7 +278,7 @@ class DeepSTORM3DTask(TrainTask):
         truth = self.truth_nm(batch)
         dens = batch.get("density", torch.zeros(len(truth))).numpy()
         lo = min(thresholds) * self.cnn.max_value
-        found = self.grid.to_points(out, lo, self.radius_vox)
+        found = self.grid.to_points(out, lo, self.nms_radius_vox)
         if isinstance(found, tuple):
             found = [found]
         table = {}
@@ -333,6 +336,7 @@ class DeepSTORM3DTask(TrainTask):
         """Everything a user needs besides the weights: the build configuration (optics, mask, grid, camera,
         normalisation; :func:`build_task` keys), the threshold and the derived geometry for the record."""
         return {"threshold": self.threshold, "config": self.config, "radius_vox": self.radius_vox,
+                "nms_radius_vox": list(self.nms_radius_vox),
                 "voxel_nm": list(self.grid.voxel_nm), "z_range_um": list(self.grid.z_range_um),
                 "input_offset_adu": float(self.cnn.input_offset), "input_scale_adu": float(self.cnn.input_scale),
                 "camera": {"gain_adu_per_e": self.physics.gain, "qe": self.physics.qe,
@@ -373,13 +377,13 @@ class DeepSTORM3DTask(TrainTask):
         ``return_confidence``: also the peak confidences per frame (fractions of ``max_value``)."""
         x = self.to_model_counts(frames, baseline_adu, e_per_adu)
         if not return_confidence:
-            return localize(self.cnn, x, self.grid, self.abs_threshold, self.radius_vox, batch_size,
+            return localize(self.cnn, x, self.grid, self.abs_threshold, self.nms_radius_vox, batch_size,
                             return_grids=return_grids)
-        pts, grids = localize(self.cnn, x, self.grid, self.abs_threshold, self.radius_vox, batch_size,
+        pts, grids = localize(self.cnn, x, self.grid, self.abs_threshold, self.nms_radius_vox, batch_size,
                               return_grids=True)
         conf = []
         for g in grids:
-            found = self.grid.resized(tuple(x.shape[-2:])).to_points(g, self.abs_threshold, self.radius_vox)
+            found = self.grid.resized(tuple(x.shape[-2:])).to_points(g, self.abs_threshold, self.nms_radius_vox)
             conf.append(found[1] / self.cnn.max_value)
         return (pts, conf, grids) if return_grids else (pts, conf)
 
