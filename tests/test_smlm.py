@@ -97,6 +97,7 @@ def test_to_model_frames_maps_the_measured_background_onto_the_models():
     training background (in model counts), and rescale=False leaves the frames as they are."""
     import numpy as np
     from refocuslib import recipes, smlm
+    assert recipes.shipped_path(recipes.recipe("ds3d_tetrapod")).is_file(), "ship ds3d_tetrapod first (never train here)"
     task, _ = recipes.train_cached("ds3d_tetrapod", "results/test_smlm", progress=False, use_shipped=True)
     frames = smlm.load_storm_frames(8)
     x, ptc, e_per_adu = smlm.to_model_frames(task, frames)
