@@ -449,6 +449,17 @@ def load_psf_json(path) -> Microscope:
     return _microscope_from_dict(d, "psf.json")
 
 
+def psf_json_path(spec) -> Optional[Path]:
+    """The file a path names: as given (absolute, or relative to the working folder), else relative to the
+    repository; None when neither exists."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    if not p.is_absolute() and (Path(__file__).resolve().parent.parent / p).is_file():
+        return Path(__file__).resolve().parent.parent / p
+    return None
+
+
 def microscope_from_spec(spec, presets: Optional[dict] = None) -> Microscope:
     """A Microscope from a Microscope, a preset name (in ``presets``), a path to ``psf.json`` (relative: to the
     working folder, else to the repository), or a dict of
@@ -461,9 +472,7 @@ def microscope_from_spec(spec, presets: Optional[dict] = None) -> Microscope:
         if presets and s in presets:
             return presets[s]
         if s.endswith(".json") or Path(s).is_file():
-            p = Path(s)
-            root = Path(__file__).resolve().parent.parent  # a relative path: the working folder, else the repository
-            return load_psf_json(p if p.is_absolute() or p.is_file() or not (root / p).is_file() else root / p)
+            return load_psf_json(psf_json_path(s) or Path(s))  # a missing file: load_psf_json names it
         raise ValueError(f"microscope: expected a preset name ({sorted(presets or {})}) or a path to psf.json, "
                          f"got {s!r}")
     if isinstance(spec, dict):
@@ -482,7 +491,7 @@ def resolve_microscope(spec, presets: Optional[dict], param: str) -> Microscope:
     if isinstance(spec, bool) or not isinstance(spec, (str, Path, dict, Microscope)):
         raise ValueError(f"{param}: expected {accepted}; got {type(spec).__name__} {spec!r}")
     if isinstance(spec, (str, Path)) and str(spec) not in (presets or {}) and not str(spec).endswith(".json") \
-            and not Path(spec).is_file() and not (Path(__file__).resolve().parent.parent / str(spec)).is_file():
+            and psf_json_path(spec) is None:
         raise ValueError(f"{param}: {str(spec)!r} is neither a preset name nor a psf.json file; expected {accepted}")
     try:
         return microscope_from_spec(spec, presets)

@@ -81,13 +81,11 @@ def shipped_names() -> list:
 
 
 def _psf_file(spec) -> Optional[Path]:
-    """The psf.json file a ``microscope`` value names (as given, else relative to the repository), or None."""
+    """The psf.json file a ``microscope`` value names (:func:`refocuslib.calibrate.psf_json_path`), or None."""
+    from refocuslib.calibrate import psf_json_path
     if not isinstance(spec, (str, Path)) or not str(spec).endswith(".json"):
         return None
-    for p in (Path(spec), Path(__file__).resolve().parent.parent / str(spec)):
-        if p.is_file():
-            return p
-    return None
+    return psf_json_path(spec)
 
 
 def _with_psf_contents(obj):

@@ -433,13 +433,14 @@ def stale_recipes_by_notebook(summary: Optional[Dict[str, Any]]) -> Dict[str, Li
     from refocuslib import recipes
     if not summary or "trained" not in summary:
         return {}
-    reg = recipes.registry()
     ran = {t["recipe"]: t["digest"] for t in summary.get("trained") or []}
+    shipped = set(recipes.shipped_names())
+    changed = {n for n in shipped if ran.get(n) != recipes.digest(recipes.recipe(n))}  # once, not per notebook
+    names = set(recipes.registry())
     out = {}
     for nb in summary.get("notebooks", []):
-        used = _names_in((nb.get("provenance") or {}).get("params") or nb.get("parameters") or {}, set(reg))
-        stale = sorted(n for n in used if recipes.shipped_names().count(n)
-                       and ran.get(n) != recipes.digest(recipes.recipe(n)))
+        used = _names_in((nb.get("provenance") or {}).get("params") or nb.get("parameters") or {}, names)
+        stale = sorted(used & changed)
         if stale:
             out[nb["name"]] = stale
     return out
