@@ -267,6 +267,10 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius_vox=1, refine: bool
     (2r+1)³ window, or (2r_z+1, 2r_y+1, 2r_x+1) for ``radius_vox`` = (r_z, r_y, r_x)), refined by the weighted
     centroid of the 3×3×3 neighbourhood (DeepSTORM3D post-processing).
 
+    A plateau (voxels of equal value inside one window, e.g. an output saturated at the CNN's ``max_value``) passes
+    the ``v == maxpool(v)`` test at every voxel; :func:`suppress_plateau_ties` keeps one peak per window, so one
+    saturated emitter is not reported two or three times a few nm apart.
+
     Returns, per volume, ``(positions (K, 3) float64 voxel units (z, y, x), values (K,))``, brightest first;
     a list for batched input.
     """
@@ -287,6 +291,10 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius_vox=1, refine: bool
     for b in range(v.shape[0]):
         idx = torch.nonzero(peaks[b])  # (K, 3)
         vals = v[b][tuple(idx.T)] if len(idx) else torch.zeros(0, device=v.device)
+        if len(idx) > 1:
+            keep = suppress_plateau_ties(idx.cpu().numpy(), vals.cpu().numpy(), r)
+            keep_t = torch.as_tensor(keep, device=v.device)
+            idx, vals = idx[keep_t], vals[keep_t]
         pos = idx.double()
         if refine and len(idx):
             nb = idx[:, None, :] + 1 + offs[None]  # neighbourhood in the padded volume
@@ -296,6 +304,40 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius_vox=1, refine: bool
         order = torch.argsort(vals, descending=True)
         results.append((pos[order].cpu().numpy(), vals[order].double().cpu().numpy()))
     return results[0] if single else results
+
+
+def suppress_plateau_ties(idx_vox: np.ndarray, values: np.ndarray, radius_vox) -> np.ndarray:
+    """Indices (ascending) of the peaks to keep: greedily, brightest first (ties in voxel order), a peak is dropped
+    when an already kept one lies inside its (2r_z+1, 2r_y+1, 2r_x+1) window. Two max-pool peaks can share a
+    window only when their values are equal (each is the maximum of a window holding the other), so this removes
+    exactly the duplicate peaks of plateaus. Pairs come from :class:`scipy.spatial.cKDTree` (Chebyshev distance
+    on axes scaled by 1/r)."""
+    from scipy.spatial import cKDTree
+    idx = np.asarray(idx_vox, dtype=np.float64).reshape(-1, 3)
+    vals = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(idx) != len(vals):
+        raise ValueError(f"idx_vox/values: need one value per peak, got {len(idx)} and {len(vals)}")
+    r = np.asarray(nms_radius(radius_vox), dtype=np.float64)
+    if len(idx) < 2:
+        return np.arange(len(idx))
+    pairs = cKDTree(idx / r).query_pairs(1.0 + 1e-9, p=np.inf, output_type="ndarray")
+    if not len(pairs):
+        return np.arange(len(idx))
+    order = np.lexsort((np.arange(len(vals)), -vals))  # brightest first, then voxel order
+    rank = np.empty(len(vals), dtype=np.int64)
+    rank[order] = np.arange(len(vals))
+    neighbours = [[] for _ in range(len(vals))]
+    for a, b in pairs:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    dropped = np.zeros(len(vals), dtype=bool)
+    for i in order:
+        if dropped[i]:
+            continue
+        for j in neighbours[i]:
+            if rank[j] > rank[i]:
+                dropped[j] = True
+    return np.flatnonzero(~dropped)
 
 
 def nms_radius(radius_vox) -> Tuple[int, int, int]:
