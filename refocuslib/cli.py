@@ -10,8 +10,8 @@ Subcommands live in a registry so that each concern adds its own without touchin
 
 A setup function receives the ``argparse`` subparsers object, adds one parser and sets ``func``. Register it
 with the :func:`subcommand` decorator in this module (or call ``register_subcommand`` from another module that
-this one imports). ``refocus`` (``refocuslib refocus in.tif --checkpoint ck.pt --dz 2.5 | --dpm dpm.tif -o out.tif``)
-is added here the same way as ``reproduce``.
+this one imports). The apply commands (``refocus``, ``calibrate``, ``volume``, ``wnet``, ``localize``, ``models``)
+are registered by :mod:`refocuslib.cli_apply`.
 """
 from __future__ import annotations
 
@@ -60,86 +60,6 @@ def _setup_reproduce(subparsers) -> None:
 # ``@subcommand`` below this line, setting ``func`` with ``p.set_defaults(func=...)``.
 
 
-# --------------------------------------------------------------------------------------------- refocus
-def _run_refocus(args: argparse.Namespace) -> int:
-    import sys
-    import warnings
-
-    import numpy as np
-
-    from refocuslib import io as rio
-    from refocuslib.inference import load_model, refocus, refocus_stack
-
-    try:
-        image, meta = rio.read_tiff(args.input)
-        image = np.squeeze(np.asarray(image))
-        if image.ndim != 2:
-            raise ValueError(f"input: expected a single 2D image, got shape {image.shape}")
-        from refocuslib._validate import check_device
-        model = load_model(args.checkpoint, device=check_device(args.device, "--device"))
-        pixel_um = meta.get("pixel_um") or getattr(model, "pixel_um", None)
-        if meta.get("pixel_um") is None:
-            warnings.warn(f"input: {args.input} gives no pixel size ({meta.get('pixel_note', 'none found')}); "
-                          f"assuming the model's training pixel "
-                          f"{'(unknown)' if pixel_um is None else f'{pixel_um:.4g} µm'}")
-        trained_px = getattr(model, "pixel_um", None)
-        if meta.get("pixel_um") and trained_px and abs(meta["pixel_um"] / trained_px - 1) > 0.05:
-            warnings.warn(f"input: pixel size {meta['pixel_um']:.4g} µm differs from the model's training pixel "
-                          f"{trained_px:.4g} µm; refocusing distances will not scale correctly")
-        common = dict(normalize=not args.no_normalize, tile_px=args.tile, overlap_px=args.overlap)
-        info = {"checkpoint": str(args.checkpoint), "input": str(args.input),
-                "trained_range_um": list(getattr(model, "trained_range_um", []) or []),
-                "normalized": not args.no_normalize, "model": getattr(model, "model_info", {}).get("model")}
-        z_step = None
-        if args.dpm is not None:
-            dpm_um, _ = rio.read_tiff(args.dpm)
-            dpm_um = np.squeeze(np.asarray(dpm_um, dtype=np.float64))
-            out = refocus(model, image, dpm_um, **common)
-            info["dpm"] = str(args.dpm)
-            info["dpm_range_um"] = [float(dpm_um.min()), float(dpm_um.max())]
-            axes = "YX"
-        elif len(args.dz) == 1:
-            out = refocus(model, image, args.dz[0], **common)
-            info["dz_um"] = float(args.dz[0])
-            axes = "YX"
-        else:
-            out = refocus_stack(model, image, args.dz, batch_size=args.batch_size, **common)
-            info["dz_um"] = [float(v) for v in args.dz]
-            steps = np.diff(args.dz)
-            z_step = float(abs(steps[0])) if len(steps) and np.allclose(steps, steps[0]) and steps[0] != 0 else None
-            axes = "ZYX"
-        rio.write_tiff(args.output, np.asarray(out, dtype=np.float32), pixel_um=pixel_um, z_step_um=z_step,
-                       axes=axes, metadata={"refocus": info})
-    except (ValueError, FileNotFoundError) as e:
-        print(f"refocuslib refocus: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.output} ({'×'.join(map(str, np.shape(out)))}, {axes})")
-    return 0
-
-
-@subcommand
-def _setup_refocus(subparsers) -> None:
-    p = subparsers.add_parser(
-        "refocus", help="refocus a 2D TIFF with a trained Deep-Z checkpoint (uniform --dz or a --dpm map)",
-        description="Virtual refocusing (Deep-Z, Wu et al. 2019): the input image plus a digital propagation "
-                    "matrix go through the generator stored in --checkpoint. One --dz gives one image, several "
-                    "give a virtual z-stack; --dpm takes an (H, W) TIFF of distances in µm. Writes a float32 "
-                    "ImageJ TIFF whose metadata records the checkpoint, the DPM and the trained range.")
-    p.add_argument("input", help="input image (2D TIFF)")
-    p.add_argument("--checkpoint", required=True, help="Deep-Z checkpoint (.pt) or training folder")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--dz", type=float, nargs="+", metavar="UM", help="uniform DPM(s): distance(s) in µm")
-    group.add_argument("--dpm", help="non-uniform DPM: a 2D TIFF of distances in µm, same shape as the input")
-    p.add_argument("-o", "--output", required=True, help="output TIFF")
-    p.add_argument("--batch-size", type=int, default=8, help="planes per forward pass (several --dz)")
-    p.add_argument("--tile", type=int, default=1024, help="tile size in pixels for large images (lower it for paper-width models on small memory)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-normalize", action="store_true",
-                   help="the input is already normalised (skip the Deep-Z background/percentile normalisation)")
-    p.set_defaults(func=_run_refocus)
-
-
 def _run_ship(args: argparse.Namespace) -> int:
     from pathlib import Path
     from refocuslib.train import SHIPPED_DIR, ship_checkpoint
@@ -173,7 +93,7 @@ def _setup_ship(subparsers) -> None:
     p.set_defaults(func=_run_ship)
 
 
-# calibrate, volume (Recurrent-MZ), wnet (W-Net), localize (DeepSTORM3D): registered by their own module
+# refocus (Deep-Z), calibrate, volume (Recurrent-MZ), wnet (W-Net), localize (DeepSTORM3D), models: their own module
 from refocuslib import cli_apply as _cli_apply  # noqa: E402,F401
 
 

@@ -150,18 +150,6 @@ def input_files(inputs: Sequence[str]) -> List[Path]:
     return out
 
 
-def output_for(src: Path, output: str, batch: bool, suffix: str, ext: str = ".tif") -> Path:
-    """Where the result of ``src`` goes: ``output`` itself, or (batch mode) ``output/<stem><suffix><ext>``."""
-    out = Path(output)
-    if batch:
-        out.mkdir(parents=True, exist_ok=True)
-        return out / f"{src.stem}{suffix}{ext}"
-    if out.suffix.lower() not in (ext,) + ((".tiff",) if ext == ".tif" else ()):
-        raise CLIError(f"-o/--output: expected a {ext} file (or a folder for several inputs), got {output}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile_px: int, overlap_px: int) -> np.ndarray:
     """``fn`` ((C, h, w) → (K, h, w)) over overlapping tiles of ``image`` (C, H, W), blended with linear ramps
     (:mod:`refocuslib.inference`'s tiling). One call when the image fits a tile."""
@@ -194,6 +182,90 @@ def _read(path: Path, ndim: Tuple[int, ...], what: str):
     return arr, meta
 
 
+def pick_plane(arr: np.ndarray, plane: Optional[int], path: Path, what: str = "input") -> np.ndarray:
+    """A 2D image of ``arr``: itself, or plane ``plane`` (0-based, ``--plane``) of a (Z, Y, X) stack."""
+    if arr.ndim == 2:
+        if plane not in (None, 0):
+            raise CLIError(f"--plane: {path} is a single 2D image; --plane must be 0 or omitted, got {plane}")
+        return arr
+    if arr.ndim != 3:
+        raise CLIError(f"{what}: {path} has shape {arr.shape}; expected a 2D image or a (Z, Y, X) stack")
+    if plane is None:
+        raise CLIError(f"{what}: {path} is a stack of {arr.shape[0]} planes (shape {arr.shape}); pick one with "
+                       f"--plane N (0 to {arr.shape[0] - 1})")
+    if not 0 <= plane < arr.shape[0]:
+        raise CLIError(f"--plane: expected 0 to {arr.shape[0] - 1} for {path} ({arr.shape[0]} planes), got {plane}")
+    return arr[plane]
+
+
+def resample_image(image: np.ndarray, shape: Tuple[int, int], order: int = 1) -> np.ndarray:
+    """``image`` (H, W) resampled to ``shape`` (``skimage.transform.resize``, linear, anti-aliased when it
+    shrinks): the same field of view on another pixel grid."""
+    from skimage.transform import resize
+    shrink = shape[0] < image.shape[0] or shape[1] < image.shape[1]
+    return resize(np.asarray(image, np.float64), shape, order=order, mode="reflect", anti_aliasing=shrink,
+                  preserve_range=True).astype(np.float32)
+
+
+def model_grid(shape: Tuple[int, int], image_px: float, model_px: float) -> Tuple[int, int]:
+    """The (H, W) of the field of view of an image of ``shape`` at ``image_px`` µm when sampled at ``model_px``."""
+    return tuple(max(1, int(round(n * image_px / model_px))) for n in shape)
+
+
+def pixel_plan(image_px: Optional[float], model_px: Optional[float], resample: bool, force: bool, what: str,
+               src: Path, note: Optional[str] = None) -> Optional[float]:
+    """Check the image's pixel against the model's (:func:`check_pixel_size`) and say what to do: the pixel
+    size to resample from (``--resample`` and a mismatch), else None. Warns when the image has no pixel size."""
+    if image_px is None:
+        warnings.warn(f"{what}: {src.name} gives no pixel size ({note or 'none found'}); assuming the model's "
+                      f"training pixel {'(unknown)' if model_px is None else f'{model_px:.4g} µm'}")
+        return None
+    if resample:
+        if model_px is None:
+            raise CLIError(f"--resample: the model records no training pixel size; pass --force instead")
+        return image_px if abs(image_px / model_px - 1) > 1e-6 else None
+    check_pixel_size(image_px, model_px, force, what)
+    return None
+
+
+def write_output(dst: Path, out: np.ndarray, pixel_um: Optional[float], z_step_um: Optional[float], axes: str,
+                 metadata: dict) -> str:
+    """Write ``out`` as a float32 ImageJ TIFF (calibrated), or, for a ``.png`` destination, as a 16-bit PNG of
+    one plane scaled so that its maximum is 65535 (the scale is returned in the message); anything else is
+    refused."""
+    from refocuslib import io as rio
+    ext = dst.suffix.lower()
+    if ext in TIFF_SUFFIXES:
+        rio.write_tiff(dst, np.asarray(out, np.float32), pixel_um=pixel_um, z_step_um=z_step_um, axes=axes,
+                       metadata=metadata)
+        return f"{dst}"
+    if ext == ".png":
+        out = np.asarray(out, np.float64)
+        if out.ndim != 2:
+            raise CLIError(f"-o/--output: a PNG holds one plane, this output has {out.shape[0]} (shape "
+                           f"{out.shape}); write a .tif")
+        top = float(np.max(out)) if np.isfinite(out).all() and np.max(out) > 0 else 1.0
+        from PIL import Image
+        Image.fromarray(np.round(np.clip(out, 0, None) / top * 65535).astype(np.uint16)).save(dst)
+        return f"{dst} (16-bit PNG, no calibration: 65535 = {top:.4g} output units; negative values clipped)"
+    raise CLIError(f"-o/--output: expected a .tif/.tiff or .png file (or a folder for several inputs), got {dst}")
+
+
+def output_path(src: Path, output: str, batch: bool, suffix: str) -> Path:
+    """Where the result of ``src`` goes: ``output`` (a .tif/.tiff/.png file), or in batch mode
+    ``output/<stem><suffix>.tif``."""
+    out = Path(output)
+    if batch:
+        if out.suffix.lower() in TIFF_SUFFIXES + (".png",):
+            raise CLIError(f"-o/--output: several inputs need an output folder, got the file name {output}")
+        out.mkdir(parents=True, exist_ok=True)
+        return out / f"{src.stem}{suffix}.tif"
+    if out.suffix.lower() not in TIFF_SUFFIXES + (".png",):
+        raise CLIError(f"-o/--output: expected a .tif/.tiff or .png file (or a folder for several inputs), "
+                       f"got {output}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
 def _progress(it, total: int, desc: str, enabled: bool):
     if not enabled:
         return it
@@ -201,19 +273,22 @@ def _progress(it, total: int, desc: str, enabled: bool):
     return tqdm(it, total=total, desc=desc, file=sys.stderr, mininterval=0.5)
 
 
-def _one_line_warnings():
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr)
-    warnings.showwarning = show
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for the command line: ``warning: <message>`` without the source line."""
+    return f"warning: {message}\n"
 
 
 def _run_guarded(name: str, body: Callable[[], int]) -> int:
-    _one_line_warnings()
+    """Run a command's ``body``: warnings print as one line, a user error as ``refocuslib NAME: error: ...``
+    (exit code 2). Only the format changes, so recorded warnings (``pytest.warns``) still see them."""
+    saved, warnings.formatwarning = warnings.formatwarning, _one_line
     try:
         return body()
     except (CLIError, ValueError, FileNotFoundError) as e:
         print(f"refocuslib {name}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = saved
 
 
 def _model_parser(subparsers, name: str, help: str, description: str, examples, inputs_help: str,
@@ -236,14 +311,155 @@ def _common_model_args(p, example_model: str) -> None:
     p.add_argument("--model", required=True, metavar="NAME|PT",
                    help=f"a shipped model's recipe name (e.g. {example_model}) or a checkpoint .pt (its provenance "
                         f"JSON beside it). {MODEL_NOTE}")
-    p.add_argument("--force", action="store_true",
-                   help="apply the model even when the image's pixel size differs from the model's by > 5%%")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true",
+                      help="apply the model even when the image's pixel size differs from the model's by > 5%%")
+    mode.add_argument("--resample", action="store_true",
+                      help="resample an image whose pixel differs from the model's to the model's pixel, apply the "
+                           "model and resample back (the output keeps the input's calibration)")
     p.add_argument("--pixel-um", type=float, default=None,
                    help="the image's pixel size in µm (default: from the TIFF metadata)")
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels for large images (default 256)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ----------------------------------------------------------------------------------------------- refocus
+def load_deepz(model: str, device: str = "cpu", quiet: bool = False):
+    """The Deep-Z generator of ``model`` (a shipped recipe name, a checkpoint ``.pt`` or a training folder),
+    with its ``about`` block and the checkpoint's recipe name (or stem). Other tasks' models are refused."""
+    from refocuslib import recipes
+    from refocuslib.inference import load_model
+    reg = recipes.registry()
+    if model in reg and reg[model].get("task") != "deepz":
+        raise CLIError(f"--model: {model} is a {reg[model].get('task')!r} model; refocus needs a Deep-Z model "
+                       f"({', '.join(n for n in recipes.shipped_names() if reg[n].get('task') == 'deepz')})")
+    if model in reg:
+        path, _, about = resolve_model(model)
+    else:
+        path, about = Path(model), {}
+        from refocuslib.io import resolve_checkpoint
+        side = resolve_checkpoint(path).with_suffix(".json") if path.exists() else None
+        if side is not None and side.is_file():
+            try:
+                prov = json.loads(side.read_text())
+                about = dict(prov.get("about") or (prov.get("recipe") or {}).get("about") or {})
+            except json.JSONDecodeError:
+                about = {}
+    gen = load_model(path, device=device)
+    about.update(pixel_um=gen.pixel_um, trained_range_um=list(gen.trained_range_um))  # the checkpoint's own
+    if not quiet:
+        print(describe_model(model if model in reg else Path(model).name, about), MODEL_NOTE, file=sys.stderr)
+    return gen, about
+
+
+def _run_refocus(args: argparse.Namespace) -> int:
+    def body():
+        from refocuslib._validate import check_device
+        from refocuslib.inference import refocus, refocus_stack
+        files = input_files(args.inputs)
+        batch = len(files) > 1 or Path(args.inputs[0]).is_dir()
+        dsts = [output_path(f, args.output, batch, "_refocus") for f in files]  # refuse a bad -o before any work
+        first = _read(files[0], (2, 3), "input")  # a bad input is reported before the model is loaded
+        pick_plane(first[0], args.plane, files[0])
+        model, about = load_deepz(args.model, device=check_device(args.device, "--device"))
+        model_px = model.pixel_um
+        dpm_map = None
+        if args.dpm is not None:
+            dpm_map, _ = _read(Path(args.dpm), (2,), "--dpm")
+        common = dict(normalize=not args.no_normalize, tile_px=args.tile, overlap_px=args.overlap)
+        for f, dst in _progress(list(zip(files, dsts)), len(files), "images", not args.no_progress and batch):
+            arr, meta = first if f == files[0] else _read(f, (2, 3), "input")
+            image = pick_plane(arr, args.plane, f)
+            image_px = args.pixel_um or meta.get("pixel_um")
+            src_px = pixel_plan(image_px, model_px, args.resample, args.force, f"input {f.name}", f,
+                                meta.get("pixel_note"))
+            shape = image.shape
+            if src_px is not None:  # --resample: run on the model's pixel grid, come back to the input's
+                image = resample_image(image, model_grid(shape, src_px, model_px))
+            info = {"model": args.model, "checkpoint": model.model_info.get("checkpoint"), "input": str(f),
+                    "plane": args.plane, "trained_range_um": list(model.trained_range_um),
+                    "normalized": not args.no_normalize, "about": about,
+                    "resampled_from_um": src_px, "model_pixel_um": model_px,
+                    "units": "Deep-Z normalised: the input's triangle background 0, its 99.9th percentile 1"
+                             if not args.no_normalize else "the input's units (already normalised)"}
+            z_step, axes = None, "YX"
+            if dpm_map is not None:
+                if dpm_map.shape != shape:
+                    raise CLIError(f"--dpm: {args.dpm} has shape {dpm_map.shape}; expected the input's {shape}")
+                d = dpm_map if src_px is None else resample_image(dpm_map, image.shape)
+                out = refocus(model, image, d.astype(np.float64), **common)
+                info.update(dpm=str(args.dpm), dpm_range_um=[float(dpm_map.min()), float(dpm_map.max())])
+            elif len(args.dz) == 1:
+                out = refocus(model, image, args.dz[0], **common)
+                info["dz_um"] = float(args.dz[0])
+            else:
+                out = refocus_stack(model, image, args.dz, batch_size=args.batch_size, **common)
+                info["dz_um"] = [float(v) for v in args.dz]
+                steps = np.diff(args.dz)
+                z_step = float(abs(steps[0])) if len(steps) and np.allclose(steps, steps[0]) and steps[0] else None
+                axes = "ZYX"
+            if src_px is not None:
+                out = (resample_image(out, shape) if out.ndim == 2 else
+                       np.stack([resample_image(o, shape) for o in out]))
+            pixel_out = image_px if image_px is not None else model_px
+            msg = write_output(dst, out, pixel_out, z_step, axes, {"refocus": info})
+            if not batch:
+                print(f"wrote {msg} ({'×'.join(map(str, np.shape(out)))}, {axes})")
+        if batch:
+            print(f"wrote {len(files)} file(s) to {args.output}")
+        return 0
+    return _run_guarded("refocus", body)
+
+
+@subcommand
+def _setup_refocus(subparsers) -> None:
+    p = subparsers.add_parser(
+        "refocus", help="Deep-Z: refocus wide-field images to a plane (--dz), a z-stack or a surface (--dpm)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Virtual refocusing (Deep-Z, Wu et al. 2019): each input image plus a digital propagation matrix "
+                    "(DPM) go through the trained generator. One --dz gives one image, several a virtual z-stack; "
+                    "--dpm takes an (H, W) TIFF of distances in µm (a tilted or curved surface). Input: camera "
+                    "counts or any linear intensity; it is normalised as in training (triangle background 0, "
+                    "99.9th percentile 1) unless --no-normalize, and the output is in those normalised units "
+                    "(float32 TIFF; with -o x.png a 16-bit PNG of one plane, scaled to its maximum). The output "
+                    "keeps the input's pixel calibration and records the model, DPM and trained range. "
+                    + MODEL_NOTE,
+        epilog="examples:\n"
+               "  refocuslib refocus beads.tif --model deepz_beads --dz 1.5 -o refocused.tif\n"
+               "  refocuslib refocus beads.tif --model deepz_beads --dz -2 -1 0 1 2 -o stack.tif\n"
+               "  refocuslib refocus beads.tif --model deepz_beads --dpm tilt_um.tif -o surface.tif\n"
+               "  refocuslib refocus stack.tif --plane 10 --model deepz_beads --dz 1 --resample -o out.png\n"
+               "  refocuslib refocus images_folder/ --model results/run/best.pt --dz 1 -o out_folder/")
+    p.add_argument("inputs", nargs="+", help="2D TIFF(s) (a (Z, Y, X) stack with --plane), or a folder of them")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, metavar="NAME|PT",
+                   help="a shipped Deep-Z model's recipe name (refocuslib models; e.g. deepz_beads), a checkpoint "
+                        ".pt, or a training folder (best.pt, else last.pt)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--dz", type=float, nargs="+", metavar="UM", help="uniform DPM(s): distance(s) in µm")
+    group.add_argument("--dpm", help="non-uniform DPM: a 2D TIFF of distances in µm, same shape as the input")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .tif (float32, calibrated) or .png (16-bit, one plane); a folder for several inputs")
+    p.add_argument("--plane", type=int, default=None, metavar="N", help="plane N (from 0) of a (Z, Y, X) input stack")
+    p.add_argument("--pixel-um", type=float, default=None,
+                   help="the image's pixel size in µm (default: from the TIFF metadata)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resample", action="store_true",
+                      help="resample an image whose pixel differs from the model's to the model's pixel, refocus, "
+                           "and resample back (the output keeps the input's calibration)")
+    mode.add_argument("--force", action="store_true",
+                      help="apply the model although the pixel size differs from the model's by > 5%% (distances "
+                           "and blur will not scale correctly)")
+    p.add_argument("--batch-size", type=int, default=8, help="planes per forward pass (several --dz)")
+    p.add_argument("--tile", type=int, default=1024,
+                   help="tile size in pixels for large images (default 1024; lower it on small memory)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="the input is already normalised (skip the Deep-Z background/percentile normalisation)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_refocus)
 
 
 # --------------------------------------------------------------------------------------------- calibrate
@@ -332,7 +548,6 @@ def _run_volume(args: argparse.Namespace) -> int:
     def body():
         import torch
 
-        from refocuslib import io as rio
         from refocuslib.evaluate.recurrent_mz import recurrent_mz_volume
         from refocuslib.imaging import normalize_deepz
         files = input_files(args.inputs)
@@ -345,7 +560,12 @@ def _run_volume(args: argparse.Namespace) -> int:
         if len(args.z) != images.shape[0]:
             raise CLIError(f"--z: expected one axial position per input image ({images.shape[0]}), got {len(args.z)}")
         task, about, _ = load_task(args.model, ("recurrent_mz",), device=args.device)
-        check_pixel_size(args.pixel_um or meta.get("pixel_um"), model_pixel_um(task, about), args.force, "input")
+        image_px, model_px = args.pixel_um or meta.get("pixel_um"), model_pixel_um(task, about)
+        src_px = pixel_plan(image_px, model_px, args.resample, args.force, "input", files[0], meta.get("pixel_note"))
+        shape = images.shape[1:]
+        if src_px is not None:  # --resample: fuse on the model's pixel grid, come back to the input's
+            grid = model_grid(shape, src_px, model_px)
+            images = np.stack([resample_image(im, grid) for im in images])
         z_out = (np.asarray(args.z_out, dtype=np.float64) if args.z_out else
                  np.arange(min(args.z), max(args.z) + 1e-9, args.step))
         spec = getattr(task, "spec", None)
@@ -357,14 +577,17 @@ def _run_volume(args: argparse.Namespace) -> int:
             for k in it:
                 out[k] = tiled(lambda t: recurrent_mz_volume(task.generator, t, args.z, z_out[k:k + 1],
                                                              trained_range_um=rng), x, args.tile, args.overlap)[0]
-        dst = output_for(files[0], args.output, False, "_volume")
+        if src_px is not None:
+            out = np.stack([resample_image(o, shape) for o in out])
+        dst = output_path(files[0], args.output, False, "_volume")
         step = float(np.diff(z_out)[0]) if len(z_out) > 1 and np.allclose(np.diff(z_out), np.diff(z_out)[0]) else None
-        rio.write_tiff(dst, out, pixel_um=args.pixel_um or meta.get("pixel_um"), z_step_um=step, axes="ZYX",
-                       metadata={"volume": {"model": args.model, "inputs": [str(f) for f in files],
-                                            "z_inputs_um": list(map(float, args.z)),
-                                            "z_outputs_um": z_out.tolist(), "about": about,
-                                            "units": "Deep-Z normalised (background 0, 99.9th pct of the inputs 1)"}})
-        print(f"wrote {dst} ({len(z_out)} planes × {out.shape[1]}×{out.shape[2]})")
+        msg = write_output(dst, out, image_px or model_px, step, "ZYX",
+                           {"volume": {"model": args.model, "inputs": [str(f) for f in files],
+                                       "resampled_from_um": src_px,
+                                       "z_inputs_um": list(map(float, args.z)),
+                                       "z_outputs_um": z_out.tolist(), "about": about,
+                                       "units": "Deep-Z normalised (background 0, 99.9th pct of the inputs 1)"}})
+        print(f"wrote {msg} ({len(z_out)} planes × {out.shape[1]}×{out.shape[2]})")
         return 0
     return _run_guarded("volume", body)
 
@@ -397,7 +620,6 @@ def _run_wnet(args: argparse.Namespace) -> int:
         import torch
 
         from refocuslib import dpm as dpm_lib
-        from refocuslib import io as rio
         files = input_files(args.inputs)
         batch = len(files) > 1 or Path(args.inputs[0]).is_dir()
         task, about, _ = load_task(args.model, ("wnet",), device=args.device)
@@ -407,9 +629,14 @@ def _run_wnet(args: argparse.Namespace) -> int:
         final = getattr(task, "final_output", lambda o: o)
         dev = next(task.generator.parameters()).device
         for f in _progress(files, len(files), "images", not args.no_progress):
-            image, meta = _read(f, (2,), "input")
-            check_pixel_size(args.pixel_um or meta.get("pixel_um"), model_pixel_um(task, about), args.force,
-                             f"input {f.name}")
+            arr, meta = _read(f, (2, 3), "input")
+            image = pick_plane(arr, args.plane, f)
+            image_px, model_px = args.pixel_um or meta.get("pixel_um"), model_pixel_um(task, about)
+            src_px = pixel_plan(image_px, model_px, args.resample, args.force, f"input {f.name}", f,
+                                meta.get("pixel_note"))
+            shape = image.shape
+            if src_px is not None:  # --resample: run on the model's pixel grid, come back to the input's
+                image = resample_image(image, model_grid(shape, src_px, model_px))
             x = image if args.no_normalize else _percentile_normalise(image)
 
             def run(t):
@@ -422,11 +649,14 @@ def _run_wnet(args: argparse.Namespace) -> int:
                 return np.stack(outs)
 
             out = tiled(run, x[None], args.tile, args.overlap)
-            dst = output_for(f, args.output, batch, "_wnet")
-            rio.write_tiff(dst, out if len(args.dz) > 1 else out[0], pixel_um=args.pixel_um or meta.get("pixel_um"),
-                           z_step_um=None, axes="ZYX" if len(args.dz) > 1 else "YX",
-                           metadata={"wnet": {"model": args.model, "input": str(f), "dz_um": list(map(float, args.dz)),
-                                              "about": about, "units": "in-focus confocal bead peak = 1"}})
+            if src_px is not None:
+                out = np.stack([resample_image(o, shape) for o in out])
+            dst = output_path(f, args.output, batch, "_wnet")
+            write_output(dst, out if len(args.dz) > 1 else out[0], image_px or model_px, None,
+                         "ZYX" if len(args.dz) > 1 else "YX",
+                         {"wnet": {"model": args.model, "input": str(f), "plane": args.plane,
+                                   "dz_um": list(map(float, args.dz)), "resampled_from_um": src_px, "about": about,
+                                   "units": "in-focus confocal bead peak = 1"}})
         print(f"wrote {len(files)} file(s) to {args.output}")
         return 0
     return _run_guarded("wnet", body)
@@ -446,6 +676,7 @@ def _setup_wnet(subparsers) -> None:
         normalize_help="the input is already normalised")
     p.add_argument("--dz", type=float, nargs="+", default=[0.0], metavar="UM",
                    help="output planes, µm from the input plane (default 0)")
+    p.add_argument("--plane", type=int, default=None, metavar="N", help="plane N (from 0) of a (Z, Y, X) input stack")
 
 
 # ---------------------------------------------------------------------------------------------- localize
@@ -480,6 +711,10 @@ def _localize_frame(task, frame: np.ndarray, tile: int, overlap: int, pixel_nm: 
 
 def _run_localize(args: argparse.Namespace) -> int:
     def body():
+        if args.resample:
+            raise CLIError("--resample: localize does not resample camera frames (resampling changes the noise and "
+                           "the PSF's sampling the CNN was trained on); train a model for your camera pixel instead "
+                           "(refocuslib calibrate → recipe data.microscope: psf.json → python -m refocuslib.train)")
         files = input_files(args.inputs)
         task, about, _ = load_task(args.model, ("deepstorm3d",), device=args.device)
         model_px = model_pixel_um(task, about)
