@@ -292,7 +292,8 @@ def _run_guarded(name: str, body: Callable[[], int]) -> int:
 
 
 def _model_parser(subparsers, name: str, help: str, description: str, examples, inputs_help: str,
-                  output_help: str, example_model: str, func, normalize_help: Optional[str] = None):
+                  output_help: str, example_model: str, func, normalize_help: Optional[str] = None,
+                  tile_px: int = 256, overlap_px: int = 32):
     """One apply subcommand's parser: the inputs, ``-o``, optionally ``--no-normalize``, the model options
     (:func:`_common_model_args`) and ``func``; the caller adds its own options to the returned parser."""
     p = subparsers.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -302,15 +303,15 @@ def _model_parser(subparsers, name: str, help: str, description: str, examples, 
     p.add_argument("-o", "--output", required=True, help=output_help)
     if normalize_help:
         p.add_argument("--no-normalize", action="store_true", help=normalize_help)
-    _common_model_args(p, example_model)
+    _common_model_args(p, example_model, tile_px, overlap_px)
     p.set_defaults(func=func)
     return p
 
 
-def _common_model_args(p, example_model: str) -> None:
-    p.add_argument("--model", required=True, metavar="NAME|PT",
-                   help=f"a shipped model's recipe name (e.g. {example_model}) or a checkpoint .pt (its provenance "
-                        f"JSON beside it). {MODEL_NOTE}")
+def _common_model_args(p, example_model: str, tile_px: int = 256, overlap_px: int = 32) -> None:
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, metavar="NAME|PT",
+                   help=f"a shipped model's recipe name (refocuslib models; e.g. {example_model}), a checkpoint .pt "
+                        f"(its provenance JSON beside it) or a training folder (best.pt, else last.pt). {MODEL_NOTE}")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--force", action="store_true",
                       help="apply the model even when the image's pixel size differs from the model's by > 5%%")
@@ -319,8 +320,9 @@ def _common_model_args(p, example_model: str) -> None:
                            "model and resample back (the output keeps the input's calibration)")
     p.add_argument("--pixel-um", type=float, default=None,
                    help="the image's pixel size in µm (default: from the TIFF metadata)")
-    p.add_argument("--tile", type=int, default=256, help="tile size in pixels for large images (default 256)")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
+    p.add_argument("--tile", type=int, default=tile_px,
+                   help=f"tile size in pixels for large images (default {tile_px}; lower it on small memory)")
+    p.add_argument("--overlap", type=int, default=overlap_px, help=f"tile overlap in pixels (default {overlap_px})")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -328,25 +330,14 @@ def _common_model_args(p, example_model: str) -> None:
 # ----------------------------------------------------------------------------------------------- refocus
 def load_deepz(model: str, device: str = "cpu", quiet: bool = False):
     """The Deep-Z generator of ``model`` (a shipped recipe name, a checkpoint ``.pt`` or a training folder),
-    with its ``about`` block and the checkpoint's recipe name (or stem). Other tasks' models are refused."""
+    and its ``about`` block (the recipe's, or the provenance JSON beside a checkpoint). Other tasks' models are refused."""
     from refocuslib import recipes
     from refocuslib.inference import load_model
     reg = recipes.registry()
     if model in reg and reg[model].get("task") != "deepz":
         raise CLIError(f"--model: {model} is a {reg[model].get('task')!r} model; refocus needs a Deep-Z model "
                        f"({', '.join(n for n in recipes.shipped_names() if reg[n].get('task') == 'deepz')})")
-    if model in reg:
-        path, _, about = resolve_model(model)
-    else:
-        path, about = Path(model), {}
-        from refocuslib.io import resolve_checkpoint
-        side = resolve_checkpoint(path).with_suffix(".json") if path.exists() else None
-        if side is not None and side.is_file():
-            try:
-                prov = json.loads(side.read_text())
-                about = dict(prov.get("about") or (prov.get("recipe") or {}).get("about") or {})
-            except json.JSONDecodeError:
-                about = {}
+    path, _, about = resolve_model(model)
     gen = load_model(path, device=device)
     about.update(pixel_um=gen.pixel_um, trained_range_um=list(gen.trained_range_um))  # the checkpoint's own
     if not quiet:
@@ -415,51 +406,31 @@ def _run_refocus(args: argparse.Namespace) -> int:
 
 @subcommand
 def _setup_refocus(subparsers) -> None:
-    p = subparsers.add_parser(
-        "refocus", help="Deep-Z: refocus wide-field images to a plane (--dz), a z-stack or a surface (--dpm)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _model_parser(
+        subparsers, "refocus",
+        help="Deep-Z: refocus wide-field images to a plane (--dz), a z-stack or a surface (--dpm)",
         description="Virtual refocusing (Deep-Z, Wu et al. 2019): each input image plus a digital propagation matrix "
                     "(DPM) go through the trained generator. One --dz gives one image, several a virtual z-stack; "
                     "--dpm takes an (H, W) TIFF of distances in µm (a tilted or curved surface). Input: camera "
                     "counts or any linear intensity; it is normalised as in training (triangle background 0, "
                     "99.9th percentile 1) unless --no-normalize, and the output is in those normalised units "
                     "(float32 TIFF; with -o x.png a 16-bit PNG of one plane, scaled to its maximum). The output "
-                    "keeps the input's pixel calibration and records the model, DPM and trained range. "
-                    + MODEL_NOTE,
-        epilog="examples:\n"
-               "  refocuslib refocus beads.tif --model deepz_beads --dz 1.5 -o refocused.tif\n"
-               "  refocuslib refocus beads.tif --model deepz_beads --dz -2 -1 0 1 2 -o stack.tif\n"
-               "  refocuslib refocus beads.tif --model deepz_beads --dpm tilt_um.tif -o surface.tif\n"
-               "  refocuslib refocus stack.tif --plane 10 --model deepz_beads --dz 1 --resample -o out.png\n"
-               "  refocuslib refocus images_folder/ --model results/run/best.pt --dz 1 -o out_folder/")
-    p.add_argument("inputs", nargs="+", help="2D TIFF(s) (a (Z, Y, X) stack with --plane), or a folder of them")
-    p.add_argument("--model", "--checkpoint", dest="model", required=True, metavar="NAME|PT",
-                   help="a shipped Deep-Z model's recipe name (refocuslib models; e.g. deepz_beads), a checkpoint "
-                        ".pt, or a training folder (best.pt, else last.pt)")
+                    "keeps the input's pixel calibration and records the model, DPM and trained range.",
+        examples=["refocuslib refocus beads.tif --model deepz_beads --dz 1.5 -o refocused.tif",
+                  "refocuslib refocus beads.tif --model deepz_beads --dz -2 -1 0 1 2 -o stack.tif",
+                  "refocuslib refocus beads.tif --model deepz_beads --dpm tilt_um.tif -o surface.tif",
+                  "refocuslib refocus stack.tif --plane 10 --model deepz_beads --dz 1 --resample -o out.png",
+                  "refocuslib refocus images_folder/ --model results/run/best.pt --dz 1 -o out_folder/"],
+        inputs_help="2D TIFF(s) (a (Z, Y, X) stack with --plane), or a folder of them",
+        output_help="output .tif (float32, calibrated) or .png (16-bit, one plane); a folder for several inputs",
+        example_model="deepz_beads", func=_run_refocus,
+        normalize_help="the input is already normalised (skip the Deep-Z background/percentile normalisation)",
+        tile_px=1024, overlap_px=64)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--dz", type=float, nargs="+", metavar="UM", help="uniform DPM(s): distance(s) in µm")
     group.add_argument("--dpm", help="non-uniform DPM: a 2D TIFF of distances in µm, same shape as the input")
-    p.add_argument("-o", "--output", required=True,
-                   help="output .tif (float32, calibrated) or .png (16-bit, one plane); a folder for several inputs")
     p.add_argument("--plane", type=int, default=None, metavar="N", help="plane N (from 0) of a (Z, Y, X) input stack")
-    p.add_argument("--pixel-um", type=float, default=None,
-                   help="the image's pixel size in µm (default: from the TIFF metadata)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resample", action="store_true",
-                      help="resample an image whose pixel differs from the model's to the model's pixel, refocus, "
-                           "and resample back (the output keeps the input's calibration)")
-    mode.add_argument("--force", action="store_true",
-                      help="apply the model although the pixel size differs from the model's by > 5%% (distances "
-                           "and blur will not scale correctly)")
     p.add_argument("--batch-size", type=int, default=8, help="planes per forward pass (several --dz)")
-    p.add_argument("--tile", type=int, default=1024,
-                   help="tile size in pixels for large images (default 1024; lower it on small memory)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--no-normalize", action="store_true",
-                   help="the input is already normalised (skip the Deep-Z background/percentile normalisation)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_refocus)
 
 
 # --------------------------------------------------------------------------------------------- calibrate

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 __all__ = ["run_notebooks", "find_notebooks", "load_params", "notebook_parameters", "write_report",
-           "train_all_recipes", "source_digest", "claims_markdown", "main"]
+           "train_all_recipes", "notebook_recipes", "merge_summaries", "source_digest", "claims_markdown", "main"]
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.py$")
 
@@ -110,6 +110,15 @@ def train_all_recipes(profile_root, names: Optional[Sequence[str]] = None, devic
                      "best_step": res.best_step, "best_val_loss": res.best_val_loss,
                      "seconds": round(time.perf_counter() - t0, 1)})
     return rows
+
+
+def notebook_recipes(path, nb_params: Dict[str, Any]) -> List[str]:
+    """The shipped recipes a notebook evaluates: registry names among its profile parameters ``nb_params`` or
+    quoted in its source (a parameters-cell default such as ``shipped_recipe = "deepz_flowdec_beads"``)."""
+    from refocuslib import recipes
+    shipped = set(recipes.shipped_names())
+    quoted = set(re.findall(r"""["']([A-Za-z0-9_]+)["']""", Path(path).read_text(encoding="utf-8")))
+    return sorted((_names_in(nb_params, shipped) | quoted) & shipped)
 
 
 def source_digest(root=None) -> str:
@@ -244,7 +253,11 @@ def run_notebooks(profile: str = "ci", names: Optional[Sequence[str]] = None, re
     out_root = results_root / profile
     out_root.mkdir(parents=True, exist_ok=True)
     if profile in TRAINING_PROFILES:
-        summary["trained"] = train_all_recipes(out_root, log=log)
+        # --only: train just the recipes the chosen notebooks evaluate (a retrain done paper by paper, merged into
+        # the committed summary by --update-readme: merge_summaries)
+        wanted = (sorted(set().union(*(notebook_recipes(p, notebook_parameters(profile, p.stem, out_root, params))
+                                       for p in paths))) if names else None)
+        summary["trained"] = train_all_recipes(out_root, names=wanted, log=log) if wanted != [] else []
     # papermill's kernel must find the package and the repository exactly as a user's Jupyter would
     cwd = repo_root() if notebooks_dir is None else nb_dir.resolve().parent
     t0 = time.perf_counter()
@@ -483,9 +496,13 @@ def claims_markdown(ci: Optional[Dict[str, Any]], full: Optional[Dict[str, Any]]
         sm = runs[p]
         if sm:
             cc = claim_counts(sm)
-            meta.append(f"{p}: {cc['n_hold']} of {cc['n_claims']} claims hold; commit `{str(sm.get('git_commit', '?'))[:10]}`, "
-                        f"{sm.get('started', '?')}, {sm.get('machine', '?')}, torch {sm.get('torch', '?')}, "
-                        f"{sm.get('seconds', '?')} s")
+            runs_of = sm.get("parts") or [_part(sm)]
+            where = "; ".join(
+                f"commit `{str(r.get('git_commit', '?'))[:10]}`, {r.get('started', '?')}, {r.get('machine', '?')}, "
+                f"torch {r.get('torch', '?')}, {r.get('seconds', '?')} s"
+                + (f" (notebooks {', '.join(n.split('_')[0] for n in r['notebooks'])})" if len(runs_of) > 1 else "")
+                for r in runs_of)
+            meta.append(f"{p}: {cc['n_hold']} of {cc['n_claims']} claims hold; {where}")
     note = ("Generated from " + "; ".join(meta) + ".") if meta else "No run summary committed yet."
     return "\n".join(lines) + "\n\n" + note + "\n"
 
@@ -507,6 +524,49 @@ def update_readme(readme_path, table_markdown: str) -> bool:
 def load_committed_summary(profile: str, root=None) -> Optional[Dict[str, Any]]:
     path = (Path(root) if root else repo_root()) / COMMITTED_RESULTS / profile / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _part(summary: Dict[str, Any]) -> Dict[str, Any]:
+    return {"git_commit": summary.get("git_commit"), "started": summary.get("started"),
+            "machine": summary.get("machine"), "torch": summary.get("torch"), "seconds": summary.get("seconds"),
+            "notebooks": [nb["name"] for nb in summary.get("notebooks", [])],
+            "recipes": [t["recipe"] for t in summary.get("trained") or []]}
+
+
+def merge_summaries(committed: Optional[Dict[str, Any]], part: Dict[str, Any]) -> Dict[str, Any]:
+    """A training profile's committed summary with the notebooks (and trained recipes) of a later partial run
+    (``--only``) put in place of the same ones: a from-scratch retrain takes more CPU-hours than one session, so it
+    is run paper by paper. ``parts`` lists each run (commit, start, notebooks, recipes) that the merged summary
+    rests on; the counts are recomputed over the merged notebooks."""
+    if not committed:
+        out = dict(part)
+        out["parts"] = [_part(part)]
+        return out
+    if committed.get("profile") != part.get("profile"):
+        raise ValueError(f"part: profile {part.get('profile')!r} cannot merge into a {committed.get('profile')!r} "
+                         f"summary")
+    new = {nb["name"]: nb for nb in part.get("notebooks", [])}
+    kept = [nb for nb in committed.get("notebooks", []) if nb["name"] not in new]
+    out = dict(committed)
+    out["notebooks"] = sorted(kept + list(new.values()), key=lambda nb: nb["name"])
+    trained = {t["recipe"]: t for t in committed.get("trained") or []}
+    trained.update({t["recipe"]: t for t in part.get("trained") or []})
+    out["trained"] = [trained[k] for k in sorted(trained)]
+    parts = [dict(p) for p in committed.get("parts") or [_part(committed)]]
+    for p in parts:  # what an earlier part still contributes
+        p["notebooks"] = [n for n in p["notebooks"] if n not in new]
+        p["recipes"] = [r for r in p["recipes"] if r not in {t["recipe"] for t in part.get("trained") or []}]
+    out["parts"] = [p for p in parts if p["notebooks"] or p["recipes"]] + [_part(part)]
+    for key in ("git_commit", "started", "finished", "library_version", "python", "torch", "numpy", "platform",
+                "machine", "source_digest"):
+        if key in part:
+            out[key] = part[key]
+    out["seconds"] = round(sum(float(p.get("seconds") or 0) for p in out["parts"]), 2)
+    out["requested"] = None
+    out["n_failed"] = sum(r.get("status") != "ok" for r in out["notebooks"])
+    out.update(claim_counts(out))
+    out["ok"] = bool(out["notebooks"]) and out["n_failed"] == 0
+    return out
 
 
 def publish_summary(summary: Dict[str, Any], root=None) -> Path:
@@ -547,8 +607,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.update_readme:
         if summary["ok"] and not args.only:
             print(f"published {publish_summary(summary)}; README table regenerated")
+        elif summary["ok"] and args.profile in TRAINING_PROFILES:
+            merged = merge_summaries(load_committed_summary(args.profile), summary)
+            print(f"published {publish_summary(merged)} (notebooks {', '.join(_part(summary)['notebooks'])} replaced); "
+                  f"README table regenerated")
         else:
-            print("--update-readme: skipped (needs a successful run of every notebook, without --only)")
+            print("--update-readme: skipped (needs a successful run of every notebook, without --only; a training "
+                  "profile such as retrain also merges a successful --only run)")
     return 0 if summary["ok"] else 1
 
 

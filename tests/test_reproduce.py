@@ -265,3 +265,42 @@ def test_retrain_rows_of_changed_recipes_say_so():
     assert "| `01_x` | A beats B | Fig. 1 | 2 | 1.5 | ✓ | 1.5 | ✓ |" in table
     assert "1.5 (run of an older recipe of deepz_worm) | ✓" in table
     assert reproduce.stale_recipes_by_notebook(ci) == {}  # not a training profile's summary
+
+
+def test_notebook_recipes_reads_parameters_and_quoted_defaults():
+    """The recipes a retrain --only must train: those in the notebook's profile parameters and those its
+    parameters cell names (notebook 60's shipped_recipe is not in ci.yaml)."""
+    params = reproduce.load_params("retrain")
+    nb_dir = reproduce.default_notebooks_dir()
+    recipes_of = lambda stem: reproduce.notebook_recipes(  # noqa: E731
+        nb_dir / f"{stem}.py", reproduce.notebook_parameters("retrain", stem, "/tmp/x", params))
+    assert recipes_of("60_your_microscope") == ["deepz_flowdec_beads"]  # deepz_your_microscope is not shipped
+    assert recipes_of("11_deepstorm3d_psf_learning") == ["ds3d_learned", "ds3d_tetrapod"]
+    assert recipes_of("00_simulator_tour") == []
+
+
+def test_merge_summaries_replaces_the_rerun_notebooks_and_records_each_part():
+    claim = lambda ok: {"claim": "A beats B", "ours": 1.0, "holds": ok}  # noqa: E731
+    nb = lambda name, ok: {"name": name, "status": "ok", "claims": [claim(ok)]}  # noqa: E731
+    old = {"profile": "retrain", "git_commit": "aaaa", "started": "t0", "machine": "m", "torch": "2", "seconds": 100.0,
+           "notebooks": [nb("01_x", True), nb("10_y", False), nb("20_z", False)],
+           "trained": [{"recipe": "deepz_beads", "digest": "d1"}, {"recipe": "ds3d_tetrapod", "digest": "old"}]}
+    part = {"profile": "retrain", "git_commit": "bbbb", "started": "t1", "machine": "m", "torch": "2", "seconds": 10.0,
+            "notebooks": [nb("10_y", True)], "trained": [{"recipe": "ds3d_tetrapod", "digest": "new"}]}
+    merged = reproduce.merge_summaries(old, part)
+    assert [n["name"] for n in merged["notebooks"]] == ["01_x", "10_y", "20_z"]
+    assert merged["notebooks"][1]["claims"][0]["holds"] is True
+    assert {t["recipe"]: t["digest"] for t in merged["trained"]} == {"deepz_beads": "d1", "ds3d_tetrapod": "new"}
+    assert (merged["n_claims"], merged["n_hold"], merged["n_fail"]) == (3, 2, 1)
+    assert [(p["git_commit"], p["notebooks"], p["recipes"]) for p in merged["parts"]] == [
+        ("aaaa", ["01_x", "20_z"], ["deepz_beads"]), ("bbbb", ["10_y"], ["ds3d_tetrapod"])]
+    assert merged["git_commit"] == "bbbb" and merged["seconds"] == 110.0
+    assert old["notebooks"][1]["claims"][0]["holds"] is False  # the committed summary is not changed in place
+    note = reproduce.claims_markdown(None, None, merged).splitlines()[-1]
+    assert "retrain: 2 of 3 claims hold" in note
+    assert "commit `aaaa`, t0, m, torch 2, 100.0 s (notebooks 01, 20)" in note and "(notebooks 10)" in note
+    twice = reproduce.merge_summaries(merged, dict(part, git_commit="cccc"))  # a rerun of the same part
+    assert [p["git_commit"] for p in twice["parts"]] == ["aaaa", "cccc"]
+    assert reproduce.merge_summaries(None, part)["parts"][0]["notebooks"] == ["10_y"]
+    with pytest.raises(ValueError, match="profile"):
+        reproduce.merge_summaries(old, dict(part, profile="ci"))
