@@ -49,3 +49,12 @@ def test_deepstorm3d_real_frame_bench_times_every_stage_of_the_shipped_model():
     stages = [out[k] for k in ("counts_s", "cnn_forward_s", "post_processing_s")]
     assert all(math.isfinite(v) and v >= 0 for v in stages + [out["localize_total_s_per_frame"]])
     assert "mp_s_per_frame" not in out
+
+
+def test_bench_threads_option_is_checked_against_the_machine(capsys):
+    import os
+
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        bench.main(["train", "--threads", str((os.cpu_count() or 1) + 1)])
+    assert e.value.code == 2 and "--threads: expected 1 to" in capsys.readouterr().err
