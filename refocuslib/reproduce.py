@@ -552,10 +552,11 @@ def merge_summaries(committed: Optional[Dict[str, Any]], part: Dict[str, Any]) -
     trained = {t["recipe"]: t for t in committed.get("trained") or []}
     trained.update({t["recipe"]: t for t in part.get("trained") or []})
     out["trained"] = [trained[k] for k in sorted(trained)]
+    rerun = {t["recipe"] for t in part.get("trained") or []}
     parts = [dict(p) for p in committed.get("parts") or [_part(committed)]]
     for p in parts:  # what an earlier part still contributes
         p["notebooks"] = [n for n in p["notebooks"] if n not in new]
-        p["recipes"] = [r for r in p["recipes"] if r not in {t["recipe"] for t in part.get("trained") or []}]
+        p["recipes"] = [r for r in p["recipes"] if r not in rerun]
     out["parts"] = [p for p in parts if p["notebooks"] or p["recipes"]] + [_part(part)]
     for key in ("git_commit", "started", "finished", "library_version", "python", "torch", "numpy", "platform",
                 "machine", "source_digest"):
