@@ -185,18 +185,24 @@ def smooth_background(image, size_px: int = 21) -> np.ndarray:
     return ndimage.gaussian_filter(ndimage.grey_opening(img, size=(size, size)), size / 4.0)
 
 
-def fit_photons(physics: PhysicalLayer, xyz_um, image, background=None):
+def fit_photons(physics: PhysicalLayer, xyz_um, image, background=None, blur_sigma_px: float = 0.0):
     """Non-negative least-squares photons of emitters at ``xyz_um`` (K, 3) µm explaining ``image`` (H, W) in
     photons (``physics.counts_to_photons``) or counts.
+
+    ``blur_sigma_px``: each emitter's PSF blurred by a Gaussian of this σ (pixels, ≥ 0; scipy.ndimage) — the
+    model-mismatch blur a recipe trains with (``blur_sigma_px`` of its sampler), so that the regenerated image
+    is the image model the CNN learnt.
 
     ``background``: None — a flat background is fitted too; a number — a known flat background; an (H, W) map
     (e.g. :func:`smooth_background`) — a known shape to which a fitted flat offset is added.
     Returns ``(photons (K,), background (the fitted flat level), model (H, W))`` — the model is the regenerated
     image (paper Fig. 3b, 5e): emitters re-imaged through the physics layer at their recovered positions.
     """
+    from scipy import ndimage
     from scipy.linalg import cholesky, solve_triangular
     from scipy.optimize import nnls
     from scipy.sparse import csc_matrix, hstack
+    sigma = float(positive(blur_sigma_px, "blur_sigma_px", allow_zero=True))
     img = _image_tensor(image, physics).numpy().astype(np.float64)
     h, w = img.shape
     xyz = np.asarray(xyz_um, dtype=np.float64).reshape(-1, 3)
@@ -216,6 +222,8 @@ def fit_photons(physics: PhysicalLayer, xyz_um, image, background=None):
         with torch.no_grad():
             psf, rr, cc = physics.footprints(xyz)
         psf, rr, cc = psf.cpu().numpy().astype(np.float64), rr.cpu().numpy(), cc.cpu().numpy()
+        if sigma > 0:  # per patch (zero beyond it: the patch holds the PSF's light)
+            psf = ndimage.gaussian_filter(psf, (0.0, sigma, sigma), mode="constant", truncate=3.0)
         k = np.broadcast_to(np.arange(len(xyz))[:, None, None], psf.shape)
         ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
         cols.append(csc_matrix((psf[ok], (rr[ok] * w + cc[ok], k[ok])), shape=(h * w, len(xyz))))

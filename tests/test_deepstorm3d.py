@@ -507,6 +507,31 @@ def test_ideal_residual_floor_is_about_one_for_a_frame_drawn_from_the_model():
     assert ev.regenerated_residual(phys, np.zeros((0, 3)), frame)["ratio"] > 1.5  # no localisations: fails
 
 
+def test_camera_noise_ratio_is_about_one_on_a_bright_frame_where_the_dark_tile_ratio_is_not():
+    """Bright emitters (peaks ≈ 4500 photons/px, brighter than the telomere snapshots): a perfect model's
+    residual is their shot noise, far above the dark tiles' noise (ratio > 1.5), but equal to the camera noise
+    at the regenerated image (ratio_camera and chi2 ≈ 1, their ideal floors too); no localisations fail both."""
+    from refocuslib import smlm
+    from refocuslib.evaluate import deepstorm3d as ev
+    from refocuslib.models.deepstorm3d import PhysicalLayer
+    phys = PhysicalLayer(smlm.TELOMERE_OPTICS, (96, 96), mask=smlm.real_mask("learned"), gain=2.8,
+                         baseline_adu=280.0, read_noise_e=1.6)
+    grid = [(5280.0 + dx, 5280.0 + dy) for dx in (-2200.0, 0.0, 2200.0) for dy in (-2200.0, 0.0, 2200.0)]
+    pts_nm = np.array([(x, y, 3000.0 + 600.0 * (k % 5)) for k, (x, y) in enumerate(grid)])  # 9 spots, z 3-5.4 µm
+    xyz = torch.as_tensor(pts_nm / 1000.0, dtype=torch.float32)[None]
+    frame = phys(xyz, torch.full((1, 9), 200000.0), background_photons=80.0,
+                 generator=torch.Generator().manual_seed(3))[0, 0].numpy().astype(np.float64)
+    reg = ev.regenerated_residual(phys, pts_nm, frame)
+    assert reg["ratio"] > 1.5  # the dark tiles miss the spots' shot noise
+    assert 0.85 < reg["ratio_camera"] < 1.15 and 0.85 < reg["chi2"] < 1.15
+    for key in ("ratio_camera", "chi2"):
+        assert 0.85 < ev.ideal_residual_floor(phys, pts_nm, reg, seed=4, key=key) < 1.15
+    none = ev.regenerated_residual(phys, np.zeros((0, 3)), frame)
+    assert none["ratio_camera"] > 1.5 and none["chi2"] > 1.5
+    with pytest.raises(ValueError, match="key"):
+        ev.ideal_residual_floor(phys, pts_nm, reg, key="snr")
+
+
 def test_local_maxima_window_per_axis_and_the_kernel_rule():
     from refocuslib.models.deepstorm3d import local_maxima_3d, nms_radius, nms_radius_for_kernel
     v = torch.zeros(12, 9, 9)

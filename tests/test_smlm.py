@@ -76,6 +76,23 @@ def test_fit_photons_regenerates_the_image(tetrapod_physics):
     assert photons.shape == (0,) and np.all(model == 80.0)
 
 
+def test_fit_photons_with_the_model_mismatch_blur(tetrapod_physics):
+    """An image whose PSFs are blurred by σ = 1 px (PhysicalLayer.blur) is regenerated exactly with
+    blur_sigma_px=1 and worse without; a negative σ is refused by name."""
+    phys = tetrapod_physics
+    xyz = np.array([[1.5, 2.5, 1.0], [3.3, 3.0, 3.0]])
+    ph = np.array([12000.0, 30000.0])
+    sharp = phys.expected(torch.tensor(xyz)[None], torch.tensor(ph)[None])
+    image = phys.blur(sharp, 1.0)[0, 0].numpy() + 80.0
+    photons, bg, model = smlm.fit_photons(phys, xyz, image, blur_sigma_px=1.0)
+    np.testing.assert_allclose(photons, ph, rtol=2e-2)
+    err_blur = np.abs(model - image).max()
+    err_sharp = np.abs(smlm.fit_photons(phys, xyz, image)[2] - image).max()
+    assert err_blur < 2e-2 * (image.max() - 80.0) < err_sharp
+    with pytest.raises(ValueError, match="blur_sigma_px"):
+        smlm.fit_photons(phys, xyz, image, blur_sigma_px=-1.0)
+
+
 def test_fit_photons_with_a_known_background_map(tetrapod_physics):
     phys = tetrapod_physics
     xyz = np.array([[2.0, 2.6, 2.0]])

@@ -8,7 +8,9 @@ Protocols
   the frame counts stay high at CI cost; the density per area is the paper's.
 * :func:`regenerated_residual` — paper Fig. 3b, 5e: the image regenerated from the localisations (non-negative
   least-squares photons through the physics layer, :func:`refocuslib.smlm.fit_photons`) and the ratio of its
-  residual variance to the frame's noise variance (dark background tiles, :func:`refocuslib.smlm.noise_variance`).
+  residual variance to the frame's noise variance: that of its dark background tiles
+  (:func:`refocuslib.smlm.noise_variance`), and the camera's own shot + read noise at the regenerated image (the
+  noise a perfect model leaves on bright frames); :func:`ideal_residual_floor` gives what a perfect model scores.
 
 Claim predicates (each returns a :class:`~refocuslib.evaluate.claims.Verdict` with the items it rests on;
 tests/test_deepstorm3d.py checks that each fails for an all-zero output):
@@ -171,35 +173,53 @@ def density_sweep(task, densities: Sequence[float], fov_px: Dict[float, int], n_
     return out
 
 
-def regenerated_residual(physics, points_nm, frame_counts, background=None) -> dict:
+def regenerated_residual(physics, points_nm, frame_counts, background=None, blur_sigma_px: float = 0.0) -> dict:
     """Paper Fig. 3b / 5e: regenerate a real frame from its localisations (``points_nm`` (K, 3)) through
     ``physics`` (resized to the frame) by non-negative least squares (:func:`refocuslib.smlm.fit_photons`,
-    flat background fitted, or ``background`` map), and compare the residual variance with the noise variance
-    of the frame's dark tiles (both in counts). Returns ``model`` (counts), ``residual_var``, ``noise_var``,
-    ``ratio`` and the fitted ``photons``."""
+    flat background fitted, or ``background`` map; each PSF blurred by ``blur_sigma_px``), and compare the
+    residual variance with two noise variances (counts²):
+
+    * ``noise_var``: that of the frame's dark tiles (:func:`refocuslib.smlm.noise_variance`, background only);
+      ``ratio`` = residual variance / it;
+    * ``camera_noise_var``: the camera's own noise at the regenerated image, averaged over the frame —
+      per pixel gain·(model − offset) (Poisson-equivalent shot noise of signal and background) + read² —
+      the noise a perfect model leaves, bright spots included; ``ratio_camera`` = residual variance / it,
+      and ``chi2`` = the mean over pixels of residual² / that per-pixel variance (reduced χ²).
+
+    Returns those, ``model`` (counts), ``residual_var`` and the fitted ``photons``."""
     from refocuslib import smlm
     frame = np.asarray(frame_counts, dtype=np.float64)
     phys = physics.resized(frame.shape)
     img = phys.counts_to_photons(frame).numpy()
     bg = None if background is None else np.asarray(phys.counts_to_photons(background).numpy())
     ph, _, model_ph = smlm.fit_photons(phys, np.asarray(points_nm, dtype=np.float64).reshape(-1, 3) / 1000.0, img,
-                                       background=bg)
+                                       background=bg, blur_sigma_px=blur_sigma_px)
     model = model_ph * phys.gain * phys.qe + phys.baseline_adu
-    res_var = float(np.var(frame - model, ddof=1))
+    res = frame - model
+    res_var = float(np.var(res, ddof=1))
     noise = smlm.noise_variance(frame)
-    return {"model": model, "residual_var": res_var, "noise_var": noise, "ratio": res_var / noise, "photons": ph}
+    pixel_var = phys.gain * np.clip(model - phys.baseline_adu, 0.0, None) + phys.read_noise_e ** 2
+    camera_var = float(pixel_var.mean())
+    return {"model": model, "residual_var": res_var, "noise_var": noise, "ratio": res_var / noise,
+            "camera_noise_var": camera_var, "ratio_camera": res_var / camera_var,
+            "chi2": float(np.mean(res ** 2 / pixel_var)), "photons": ph}
 
 
-def ideal_residual_floor(physics, points_nm, regenerated: dict, seed: int = 0, background=None) -> float:
-    """What a perfect model would score in :func:`regenerated_residual`: the regenerated image (``regenerated``,
-    its result for ``points_nm``) taken as the truth, drawn again through ``physics``' camera (shot + read noise),
-    and refitted with the same localisations. Close to 1 when the criterion is reachable; well above 1 when the
-    frame's own shot noise (bright emitters) exceeds the background noise the criterion divides by."""
+def ideal_residual_floor(physics, points_nm, regenerated: dict, seed: int = 0, background=None,
+                         blur_sigma_px: float = 0.0, key: str = "ratio") -> float:
+    """What a perfect model would score in :func:`regenerated_residual` (its ``key``: ``ratio``,
+    ``ratio_camera`` or ``chi2``): the regenerated image (``regenerated``, its result for ``points_nm``) taken
+    as the truth, drawn again through ``physics``' camera (shot + read noise), and refitted with the same
+    localisations. Close to 1 when the criterion is reachable; well above 1 when the frame's own shot noise
+    (bright emitters) exceeds the noise the criterion divides by (``ratio`` on bright frames)."""
+    if key not in ("ratio", "ratio_camera", "chi2"):
+        raise ValueError(f"key: expected 'ratio', 'ratio_camera' or 'chi2', got {key!r}")
     model = np.asarray(regenerated["model"], dtype=np.float64)
     phys = physics.resized(model.shape)
     photons = phys.counts_to_photons(model).clamp_min(0.0)
     sim = phys.camera.counts(photons, rng=int(seed)).numpy().astype(np.float64)
-    return float(regenerated_residual(physics, points_nm, sim, background=background)["ratio"])
+    return float(regenerated_residual(physics, points_nm, sim, background=background,
+                                      blur_sigma_px=blur_sigma_px)[key])
 
 
 # ----------------------------------------------------------------------------------------------------- predicates
