@@ -248,10 +248,9 @@ for row in range(2):
     tratios.append(r["ratio_camera"])
     tratios_tiles.append(r["ratio"])
     tchi2.append(r["chi2"])
-    tfloors.append(ev.ideal_residual_floor(telo.physics, p, r, seed=seed + row, background=bg_map,
-                                           blur_sigma_px=telo_blur, key="ratio_camera"))
-    tfloors_tiles.append(ev.ideal_residual_floor(telo.physics, p, r, seed=seed + row, background=bg_map,
-                                                 blur_sigma_px=telo_blur))
+    ideal = ev.ideal_residual(telo.physics, p, r, seed=seed + row, background=bg_map, blur_sigma_px=telo_blur)
+    tfloors.append(ideal["ratio_camera"])
+    tfloors_tiles.append(ideal["ratio"])
     vmin, vmax = np.percentile(img, [0.5, 99.7])
     a0 = fig.add_subplot(2, 4, 4 * row + 1)
     a0.imshow(img, cmap="gray", vmin=vmin, vmax=vmax)

@@ -29,7 +29,7 @@ from refocuslib.evaluate.claims import Verdict, verdict
 from refocuslib.localize import match_points
 
 __all__ = ["FrameScores", "DensityResult", "frame_scores", "density_sweep", "regenerated_residual",
-           "cnn_beats_mp", "cnn_jaccard_at_least", "mp_more_precise", "psf_beats", "residual_explained",
+           "ideal_residual", "cnn_beats_mp", "cnn_jaccard_at_least", "mp_more_precise", "psf_beats", "residual_explained",
            "telomere_count", "PAPER"]
 
 #: The paper's numbers beside which ours are reported (read off Fig. 2b, 3b, 4d, 5e and the text).
@@ -205,21 +205,26 @@ def regenerated_residual(physics, points_nm, frame_counts, background=None, blur
             "chi2": float(np.mean(res ** 2 / pixel_var)), "photons": ph}
 
 
-def ideal_residual_floor(physics, points_nm, regenerated: dict, seed: int = 0, background=None,
-                         blur_sigma_px: float = 0.0, key: str = "ratio") -> float:
-    """What a perfect model would score in :func:`regenerated_residual` (its ``key``: ``ratio``,
-    ``ratio_camera`` or ``chi2``): the regenerated image (``regenerated``, its result for ``points_nm``) taken
+def ideal_residual(physics, points_nm, regenerated: dict, seed: int = 0, background=None,
+                   blur_sigma_px: float = 0.0) -> dict:
+    """What a perfect model would score in :func:`regenerated_residual` (its whole result: ``ratio``,
+    ``ratio_camera``, ``chi2``, ...): the regenerated image (``regenerated``, its result for ``points_nm``) taken
     as the truth, drawn again through ``physics``' camera (shot + read noise), and refitted with the same
-    localisations. Close to 1 when the criterion is reachable; well above 1 when the frame's own shot noise
+    localisations. Close to 1 when a criterion is reachable; well above 1 when the frame's own shot noise
     (bright emitters) exceeds the noise the criterion divides by (``ratio`` on bright frames)."""
-    if key not in ("ratio", "ratio_camera", "chi2"):
-        raise ValueError(f"key: expected 'ratio', 'ratio_camera' or 'chi2', got {key!r}")
     model = np.asarray(regenerated["model"], dtype=np.float64)
     phys = physics.resized(model.shape)
     photons = phys.counts_to_photons(model).clamp_min(0.0)
     sim = phys.camera.counts(photons, rng=int(seed)).numpy().astype(np.float64)
-    return float(regenerated_residual(physics, points_nm, sim, background=background,
-                                      blur_sigma_px=blur_sigma_px)[key])
+    return regenerated_residual(physics, points_nm, sim, background=background, blur_sigma_px=blur_sigma_px)
+
+
+def ideal_residual_floor(physics, points_nm, regenerated: dict, seed: int = 0, background=None,
+                         blur_sigma_px: float = 0.0, key: str = "ratio") -> float:
+    """:func:`ideal_residual`'s ``key`` (``ratio``, ``ratio_camera`` or ``chi2``): a perfect model's score."""
+    if key not in ("ratio", "ratio_camera", "chi2"):
+        raise ValueError(f"key: expected 'ratio', 'ratio_camera' or 'chi2', got {key!r}")
+    return float(ideal_residual(physics, points_nm, regenerated, seed, background, blur_sigma_px)[key])
 
 
 # ----------------------------------------------------------------------------------------------------- predicates
