@@ -95,6 +95,64 @@ def test_pairs_are_seeded_shaped_and_scaled():
     assert not torch.equal(other["target"], b1["target"])
 
 
+def _pair_over_the_whole_field(data, generator, uniform, with_clean):
+    """The pair as first written (before 2026-12-04): the target's noise and surface drawn over the whole field,
+    each image normalised there (the target with the input as reference), and only then cropped."""
+    from refocuslib import dpm as dpm_lib
+    from refocuslib.datasets.deepz import acquire, clean_counts, normalize, random_dpm
+    cfg = data.cfg
+    st_in, st_t = data.input_stacks, data.target_stacks
+    k = int(torch.randint(st_in.shape[0], (), generator=generator))
+    nz = len(data.z_planes_um)
+    m = int(math.floor(cfg.max_dz_um / cfg.z_step_um + 1e-9))
+    n = st_in.shape[-1]
+    if uniform:
+        off = int(torch.randint(-m, m + 1, (), generator=generator))
+        i = int(torch.randint(max(0, -off), min(nz - 1, nz - 1 - off) + 1, (), generator=generator))
+        dpm_um, target_ph = np.full((n, n), off * cfg.z_step_um), st_t[k, i + off]
+    else:
+        i = int(torch.randint(nz, (), generator=generator))
+        d, _ = random_dpm(generator, (n, n), cfg.microscope.pixel_um, cfg.max_dz_um, cfg.nonuniform_kinds)
+        zi = data.z_planes_um[i]
+        dpm_um = np.clip(d, data.z_planes_um[0] - zi, data.z_planes_um[-1] - zi)
+        target_ph = composite(st_t[k], data.z_planes_um, zi + dpm_um).to(torch.float32)
+    inp_counts = acquire(st_in[k, i], generator, cfg).numpy()
+    tgt_counts = acquire(target_ph, generator, cfg) if cfg.target_noise else clean_counts(target_ph, cfg)
+    planes = [normalize(inp_counts), dpm_lib.to_network(dpm_um), normalize(tgt_counts.numpy(), reference=inp_counts)]
+    if with_clean:
+        planes.append(normalize(clean_counts(target_ph, cfg).numpy(), reference=inp_counts))
+    c = cfg.crop_px
+    y0 = int(torch.randint(n - c + 1, (), generator=generator))
+    x0 = int(torch.randint(n - c + 1, (), generator=generator))
+    crops = [torch.from_numpy(np.ascontiguousarray(a[y0:y0 + c, x0:x0 + c])).float()[None] for a in planes]
+    return crops, imaging.deepz_scale(inp_counts)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_pairs_drawn_in_the_crop_equal_pairs_drawn_over_the_field(uniform):
+    # noise-free targets: both ways draw the same random numbers, so the crops must agree to float rounding
+    cfg = _tiny(target_noise=False, flips=False)
+    data = DeepZPairs(cfg, seed=2)
+    for s in range(4):
+        new = data.pair(torch.Generator().manual_seed(s), uniform=uniform, with_clean=True)
+        ref, _ = _pair_over_the_whole_field(data, torch.Generator().manual_seed(s), uniform, with_clean=True)
+        for key, want in zip(("input", "dpm", "target", "target_clean"), ref):
+            assert torch.allclose(new[key], want, rtol=1e-6, atol=1e-6), key
+    # noisy targets: the noise drawn in the crop has the camera's variance, gain·(expected − baseline) + read²
+    # (ADU²), in every pixel; the input's background and scale (the same draws both ways) convert to counts
+    noisy = DeepZPairs(_tiny(flips=False), seed=2)
+    cam = noisy.cfg.camera
+    z = []
+    for s in range(48):
+        new = noisy.pair(torch.Generator().manual_seed(s), uniform=uniform, with_clean=True)
+        _, (bg, scale) = _pair_over_the_whole_field(noisy, torch.Generator().manual_seed(s), uniform, True)
+        clean = new["target_clean"].double() * scale + bg
+        var = cam.gain * (clean - cam.baseline_adu) + cam.read_noise_e ** 2  # imaging.camera: read noise in ADU
+        z.append(((new["target"].double() - new["target_clean"].double()) * scale / var.sqrt()).flatten())
+    z = torch.cat(z)
+    assert abs(float(z.mean())) < 0.03 and abs(float(z.var()) - 1.0) < 0.05, (float(z.mean()), float(z.var()))
+
+
 def test_composite_interpolates_along_z():
     stack = torch.arange(5, dtype=torch.float32)[:, None, None].expand(5, 3, 4).clone()  # plane k has value k
     zs = np.linspace(-1, 1, 5)  # 0.5 µm step
@@ -155,7 +213,9 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)  # a few small convolutions: extra threads only contend on a busy CI machine
     out = tmp_path_factory.mktemp("deepz") / "run"
     task = _small_task(gan=False)  # MAE term only (Eq. 4 with α = 0); the GAN path is trained in the resume test
-    res = train_deepz(task, out, steps=300, lr_g=3e-3, val_every=100, ckpt_every=300, progress=False)
+    # the shipped recipes' schedule shape (warm-up, then cosine decay), 300 steps
+    res = train_deepz(task, out, steps=300, lr_g=3e-3, schedule="cosine", warmup_steps=50, min_lr_ratio=0.02,
+                      val_every=100, ckpt_every=300, progress=False)
     torch.set_num_threads(threads)
     return task, res, out
 

@@ -350,6 +350,11 @@ def normalize(image, reference=None) -> np.ndarray:
     return imaging.normalize_deepz(image, reference=reference)
 
 
+def _scaled(counts, background: float, scale: float) -> np.ndarray:
+    """(counts − background) / scale as float32: :func:`normalize` with its background and scale given."""
+    return ((np.asarray(counts, dtype=np.float64) - background) / scale).astype(np.float32)
+
+
 def clean_counts(photons: Tensor, cfg: DeepZDataConfig) -> Tensor:
     """Noise-free camera counts (ADU) of ``photons``: the expectation of :func:`acquire`."""
     return cfg.camera.expected(photons)
@@ -470,25 +475,33 @@ class DeepZPairs:
                 off, lo, hi = 0, 0, nz - 1
             i = int(torch.randint(lo, hi + 1, (), generator=generator))
             dpm_um = np.full((n, n), off * cfg.z_step_um)
-            target_ph = st_t[k, i + off]
         else:
             i = int(torch.randint(nz, (), generator=generator))
             d, _ = random_dpm(generator, (n, n), cfg.microscope.pixel_um, cfg.max_dz_um, cfg.nonuniform_kinds)
             zi = self.z_planes_um[i]
             dpm_um = np.clip(d, self.z_planes_um[0] - zi, self.z_planes_um[-1] - zi)
-            target_ph = composite(st_t[k], self.z_planes_um, zi + dpm_um).to(torch.float32)
+        # The input's noise is drawn over the whole field: its background and scale (normalize) are the whole
+        # image's, as at inference. The target shares them (reference = the input), so its noise and surface
+        # are only needed inside the crop: drawn there (the same distribution as drawing over the field and
+        # cropping, at a quarter of the Poisson draws for a 64-of-128 px crop).
         inp_counts = acquire(st_in[k, i], generator, cfg).numpy()
-        inp = normalize(inp_counts)
-        tgt_counts = acquire(target_ph, generator, cfg) if cfg.target_noise else clean_counts(target_ph, cfg)
-        tgt = normalize(tgt_counts.numpy(), reference=inp_counts)
-        planes = [inp, dpm_lib.to_network(dpm_um), tgt]
-        if with_clean:
-            planes.append(normalize(clean_counts(target_ph, cfg).numpy(), reference=inp_counts))
+        bg, scale = imaging.deepz_scale(inp_counts)
         c = cfg.crop_px
         y0 = int(torch.randint(n - c + 1, (), generator=generator))
         x0 = int(torch.randint(n - c + 1, (), generator=generator))
-        arrs = [torch.from_numpy(np.ascontiguousarray(a[y0:y0 + c, x0:x0 + c])).float()[None]
-                for a in planes]
+        win = (slice(y0, y0 + c), slice(x0, x0 + c))
+        dpm_crop = dpm_um[win]
+        if uniform:
+            target_ph = st_t[k, i + off][win]
+        else:
+            target_ph = composite(st_t[k][(slice(None),) + win], self.z_planes_um,
+                                  self.z_planes_um[i] + dpm_crop).to(torch.float32)
+        tgt_counts = acquire(target_ph, generator, cfg) if cfg.target_noise else clean_counts(target_ph, cfg)
+        planes = [_scaled(inp_counts[win], bg, scale), dpm_lib.to_network(dpm_crop),
+                  _scaled(tgt_counts.numpy(), bg, scale)]
+        if with_clean:
+            planes.append(_scaled(clean_counts(target_ph, cfg).numpy(), bg, scale))
+        arrs = [torch.from_numpy(np.ascontiguousarray(a)).float()[None] for a in planes]
         if cfg.flips:
             rot = int(torch.randint(4, (), generator=generator))
             flip = bool(torch.rand((), generator=generator) < 0.5)
