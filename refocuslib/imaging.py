@@ -206,7 +206,13 @@ def normalize_deepz(image, p_high: float = 99.9, reference=None) -> np.ndarray:
     user's image at inference is normalised by itself, which is the same thing)."""
     img = as_image_array(image, "image", ndim=(2, 3)).astype(np.float64)
     bg, scale = deepz_scale(img if reference is None else reference, p_high)
-    return ((img - bg) / scale).astype(np.float32)
+    return apply_deepz_scale(img, bg, scale)
+
+
+def apply_deepz_scale(image, background: float, scale: float) -> np.ndarray:
+    """(image − background) / scale as float32: :func:`normalize_deepz` with the ``(background, scale)`` of
+    :func:`deepz_scale` given (e.g. computed once from an input and applied to its crops and its target)."""
+    return ((np.asarray(image, dtype=np.float64) - background) / scale).astype(np.float32)
 
 
 @dataclass(frozen=True)

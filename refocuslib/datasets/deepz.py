@@ -350,11 +350,6 @@ def normalize(image, reference=None) -> np.ndarray:
     return imaging.normalize_deepz(image, reference=reference)
 
 
-def _scaled(counts, background: float, scale: float) -> np.ndarray:
-    """(counts − background) / scale as float32: :func:`normalize` with its background and scale given."""
-    return ((np.asarray(counts, dtype=np.float64) - background) / scale).astype(np.float32)
-
-
 def clean_counts(photons: Tensor, cfg: DeepZDataConfig) -> Tensor:
     """Noise-free camera counts (ADU) of ``photons``: the expectation of :func:`acquire`."""
     return cfg.camera.expected(photons)
@@ -497,10 +492,10 @@ class DeepZPairs:
             target_ph = composite(st_t[k][(slice(None),) + win], self.z_planes_um,
                                   self.z_planes_um[i] + dpm_crop).to(torch.float32)
         tgt_counts = acquire(target_ph, generator, cfg) if cfg.target_noise else clean_counts(target_ph, cfg)
-        planes = [_scaled(inp_counts[win], bg, scale), dpm_lib.to_network(dpm_crop),
-                  _scaled(tgt_counts.numpy(), bg, scale)]
+        planes = [imaging.apply_deepz_scale(inp_counts[win], bg, scale), dpm_lib.to_network(dpm_crop),
+                  imaging.apply_deepz_scale(tgt_counts.numpy(), bg, scale)]
         if with_clean:
-            planes.append(_scaled(clean_counts(target_ph, cfg).numpy(), bg, scale))
+            planes.append(imaging.apply_deepz_scale(clean_counts(target_ph, cfg).numpy(), bg, scale))
         arrs = [torch.from_numpy(np.ascontiguousarray(a)).float()[None] for a in planes]
         if cfg.flips:
             rot = int(torch.randint(4, (), generator=generator))
