@@ -103,3 +103,35 @@ def test_worm_predicates_fail_for_no_detections():
     assert ev.ari_verdict(0.8, 0.2, 40).holds is True
     assert ev.ari_verdict(0.5, 0.2, 40).holds is False
     assert ev.ari_verdict(float("nan"), 0.2, 40).holds is False
+
+
+def _blob_stack(truth_xyz_um, planes_um, pixel_um, shape_yx, mirror_weight):
+    """Gaussian blobs at each truth centre on the plane nearest its depth, and ``mirror_weight`` × that blob on
+    the plane nearest the mirrored depth −z."""
+    st = np.zeros((len(planes_um),) + shape_yx)
+    yy, xx = np.mgrid[:shape_yx[0], :shape_yx[1]]
+    for x, y, z in truth_xyz_um:
+        blob = np.exp(-((xx + 0.5 - x / pixel_um) ** 2 + (yy + 0.5 - y / pixel_um) ** 2) / 4.0)
+        st[np.argmin(np.abs(planes_um - z))] += blob
+        st[np.argmin(np.abs(planes_um + z))] += mirror_weight * blob
+    return st
+
+
+def test_depth_sign_fraction_is_one_for_the_truth_and_half_for_a_mirror_symmetric_stack():
+    rng = np.random.default_rng(3)
+    planes = np.arange(-10.0, 10.1, 2.0)
+    px = 0.5
+    truth = np.column_stack([rng.uniform(2, 30, 40), rng.uniform(2, 30, 40),
+                             rng.choice([-8.0, -6.0, -4.0, 4.0, 6.0, 8.0, 0.0], 40)])
+    right = ev.depth_sign_fraction(_blob_stack(truth, planes, px, (64, 64), 0.0), planes, truth, px)
+    assert right["n"] == int(np.sum(np.abs(truth[:, 2]) >= 4.0)) and right["fraction"] == 1.0
+    wrong = ev.depth_sign_fraction(_blob_stack(truth, planes, px, (64, 64), 2.0), planes, truth, px)
+    assert wrong["fraction"] == 0.0
+    # a symmetric stack (the same at ±z, as from an aberration-free defocused input) carries no sign: ties count
+    # as failures, so the fraction is 0, not 1
+    sym = ev.depth_sign_fraction(_blob_stack(truth, planes, px, (64, 64), 1.0), planes, truth, px)
+    assert sym["fraction"] == 0.0
+    zero = ev.depth_sign_fraction(np.zeros((len(planes), 64, 64)), planes, truth, px)
+    assert zero["fraction"] == 0.0
+    with pytest.raises(ValueError, match="planes_um"):
+        ev.depth_sign_fraction(np.zeros((3, 8, 8)), planes, truth, px)

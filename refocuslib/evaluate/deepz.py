@@ -359,3 +359,37 @@ def ari_verdict(ari: float, chance_p99: float, n_active: int, min_ari: float = 0
         return Verdict(None if n_active < min_active else False, int(n_active), min_active, "no clustering ran")
     return verdict(ari >= min_ari and ari > chance_p99, int(n_active), min_active,
                    f"ARI {ari:.2f} (≥ {min_ari}; chance p99 {chance_p99:.2f})")
+
+
+def depth_sign_fraction(stack, planes_um: Sequence[float], truth_xyz_um, pixel_um: float,
+                        min_depth_um: float = 4.0, smooth_px: float = 1.0) -> Dict[str, float]:
+    """Does a refocused stack put each out-of-focus object on the right side of the focal plane?
+
+    A defocused wide-field image without aberrations is the same at +z and −z (Deep-Z p. 2: the PSF's axial
+    asymmetry is what tells the network which way to refocus). For every true centre (x, y, z) µm with
+    |z| ≥ ``min_depth_um`` and a mirrored plane −z inside ``planes_um``, compare the stack (Z, H, W) —
+    smoothed laterally by ``smooth_px`` — at (x, y) on the plane nearest z and on the plane nearest −z.
+    Returns ``fraction`` brighter at the true depth (1 for a scan; ≈ 0.5 when the sign is not known; ties, as in
+    an all-zero stack, count as wrong) and ``n``."""
+    from scipy import ndimage
+    st = as_image_array(stack, "stack", ndim=3).astype(np.float64)
+    z = np.asarray(planes_um, dtype=float)
+    if z.ndim != 1 or len(z) != st.shape[0]:
+        raise ValueError(f"planes_um: expected {st.shape[0]} depths (one per plane of stack), got {len(z)}")
+    t = np.asarray(truth_xyz_um, dtype=float).reshape(-1, 3)
+    px = positive(pixel_um, "pixel_um")
+    dmin = positive(min_depth_um, "min_depth_um")
+    sm = positive(smooth_px, "smooth_px", allow_zero=True)
+    st = ndimage.gaussian_filter(st, (0.0, sm, sm))
+    i = np.floor(t[:, 1] / px).astype(int)
+    j = np.floor(t[:, 0] / px).astype(int)
+    zmax = np.max(np.abs(z)) + 0.5 * (np.min(np.diff(np.sort(z))) if len(z) > 1 else 0.0)
+    keep = (np.abs(t[:, 2]) >= dmin) & (np.abs(t[:, 2]) <= zmax) & (i >= 0) & (i < st.shape[1]) & \
+           (j >= 0) & (j < st.shape[2])
+    if not keep.any():
+        return {"fraction": float("nan"), "n": 0}
+    k_true = np.argmin(np.abs(z[None, :] - t[keep, 2:3]), axis=1)
+    k_mirror = np.argmin(np.abs(z[None, :] + t[keep, 2:3]), axis=1)
+    own = st[k_true, i[keep], j[keep]]
+    mirror = st[k_mirror, i[keep], j[keep]]
+    return {"fraction": float(np.mean(own > mirror)), "n": int(keep.sum())}
