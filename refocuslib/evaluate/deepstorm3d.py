@@ -28,8 +28,8 @@ from refocuslib._validate import positive, positive_int
 from refocuslib.evaluate.claims import Verdict, verdict
 from refocuslib.localize import match_points
 
-__all__ = ["FrameScores", "DensityResult", "frame_scores", "density_sweep", "regenerated_residual",
-           "ideal_residual", "cnn_beats_mp", "cnn_jaccard_at_least", "mp_more_precise", "psf_beats", "residual_explained",
+__all__ = ["FrameScores", "DensityResult", "frame_scores", "density_sweep", "regenerated_residual", "ideal_residual",
+           "cnn_beats_mp", "cnn_jaccard_at_least", "mp_more_precise", "psf_beats", "residual_explained",
            "telomere_count", "PAPER"]
 
 #: The paper's numbers beside which ours are reported (read off Fig. 2b, 3b, 4d, 5e and the text).
