@@ -266,6 +266,30 @@ def test_input_skip_passes_inputs_through_and_stays_order_free():
         assert torch.allclose(net(x[:, p], d[:, p]), out, atol=1e-6)
 
 
+def test_plane_skip_passes_an_input_through_at_its_own_plane_only():
+    """input_skip='plane': with the network's own output off, the output is the input at DPM 0, (almost) nothing
+    half a micron away (unlike the softmax 'mean' skip, which carries the nearest input there), order-free."""
+    from refocuslib.models.recurrent_mz import PLANE_SKIP_TAU_UM, skip_mode
+    net = RecurrentMZ(width=0.25, levels=2, norm="none", input_skip="plane").eval()
+    mean = RecurrentMZ(width=0.25, levels=2, norm="none", input_skip=True).eval()
+    with torch.no_grad():
+        for m in (net, mean):
+            for p in m.head.parameters():
+                p.zero_()
+        x = torch.rand(1, 3, 16, 16) + 0.5
+        d0 = torch.tensor([0.0, 0.4, -0.4]).view(1, 3, 1, 1).expand(1, 3, 16, 16)   # DPM/10: input 0 at its plane
+        assert torch.allclose(net(x, d0)[:, 0], x[:, 0], atol=1e-6)
+        d_half = torch.tensor([0.05, 0.35, -0.45]).view(1, 3, 1, 1).expand(1, 3, 16, 16)   # 0.5 µm off input 0
+        assert float(net(x, d_half).abs().max()) < 1e-6
+        assert float(mean(x, d_half).mean()) > 0.5 * float(x[:, 0].mean())             # 'mean' carries it over
+        p = [2, 0, 1]
+        assert torch.allclose(net(x[:, p], d0[:, p]), net(x, d0), atol=1e-6)
+    assert PLANE_SKIP_TAU_UM <= 0.15   # narrower than the 0.25–0.5 µm output planes of the recipes
+    assert (skip_mode(True), skip_mode(False), skip_mode("plane")) == ("mean", "none", "plane")
+    with pytest.raises(ValueError, match="input_skip"):
+        RecurrentMZ(width=0.25, levels=2, input_skip="nearest")
+
+
 def test_recipe_tasks_train_validate_and_evaluate(tmp_path):
     """The three TASKS factories train a few steps; validation reports the zero and baseline scores; the
     evaluation layer runs every method on a test volume."""

@@ -38,9 +38,21 @@ from refocuslib.models.blocks import DoubleConv, UpBlock, scaled
 
 Tensor = torch.Tensor
 
-__all__ = ["ConvGRUCell", "RecurrentMZ", "encoder_channels", "swap_norm", "NORMS"]
+__all__ = ["ConvGRUCell", "RecurrentMZ", "encoder_channels", "swap_norm", "skip_mode", "NORMS", "SKIP_MODES",
+           "PLANE_SKIP_TAU_UM"]
 
 NORMS = ("batch", "group", "none")
+SKIP_MODES = ("none", "mean", "plane")
+PLANE_SKIP_TAU_UM = 0.1   # 'plane' pass-through width (µm): weight exp(−(DPM/0.1 µm)²), e^−25 at 0.5 µm
+
+
+def skip_mode(input_skip) -> str:
+    """The ``input_skip`` setting as one of :data:`SKIP_MODES` (``True`` → 'mean', ``False`` → 'none')."""
+    if input_skip is True or input_skip is False:
+        return "mean" if input_skip else "none"
+    if input_skip not in SKIP_MODES:
+        raise ValueError(f"input_skip: True, False or one of {SKIP_MODES}, got {input_skip!r}")
+    return input_skip
 
 
 def swap_norm(module: nn.Module, norm: str) -> nn.Module:
@@ -99,13 +111,20 @@ class RecurrentMZ(nn.Module):
 
     ``width`` scales every channel count (1.0: encoder 10/20, 20/40, 40/80, 80/160 for ``levels=4``);
     ``levels`` encoder blocks (2 … 6); ``norm`` 'batch' | 'group' | 'none' (:func:`swap_norm`).
-    ``input_skip`` (not in the paper; CPU recipes): adds Σ_i w_i·image_i, w_i = softmax_i(−|DPM_i|/τ) with a
-    learnt τ, so the network learns a correction to a DPM-weighted mean of its inputs (order-free, any M). Inputs whose size is not a multiple of 2^(levels−1) are padded by
-    reflection and cropped back.
+    ``input_skip`` (not in the paper; CPU recipes) adds Σ_i w_i·image_i to the network's output (order-free, any M):
+
+    * ``True`` / ``'mean'``: w_i = softmax_i(−|DPM_i|/τ) with a learnt τ — the network learns a correction to a
+      DPM-weighted mean of its inputs, which carries the nearest input (and its noise) into the planes around it;
+    * ``'plane'``: w_i = exp(−(DPM_i/τ_p)²), τ_p = :data:`PLANE_SKIP_TAU_UM` / 10 fixed, not normalised — 1 at an
+      input's own plane (DPM 0: the measured plane passes through), < 10⁻¹⁰ half a micron away, so every other
+      plane is the network's own inference;
+    * ``False`` / ``'none'``: no pass-through (the paper's architecture).
+
+    Inputs whose size is not a multiple of 2^(levels−1) are padded by reflection and cropped back.
     """
 
     def __init__(self, width: float = 1.0, levels: int = 4, out_channels: int = 1, norm: str = "batch",
-                 input_skip: bool = False):
+                 input_skip=False):
         super().__init__()
         levels = positive_int(levels, "levels", minimum=2)
         if levels > 6:
@@ -128,8 +147,8 @@ class RecurrentMZ(nn.Module):
         self.head = nn.Conv2d(chans[0][1], out_channels, 1)
         self.norm = norm
         swap_norm(self, norm)
-        self.input_skip = bool(input_skip)
-        if self.input_skip:  # log temperature of the DPM-weighted mean of the inputs (network units, DPM/10)
+        self.input_skip = skip_mode(input_skip)
+        if self.input_skip == "mean":  # log temperature of the DPM-weighted mean of the inputs (network units, DPM/10)
             self.skip_log_tau = nn.Parameter(torch.tensor(float(np.log(0.1))))
 
     @staticmethod
@@ -165,9 +184,14 @@ class RecurrentMZ(nn.Module):
         for up in self.decoder:                              # Eq. 3
             y = up(y, skips.pop())
         out = self.head(y)[..., :h, :w]
-        if self.input_skip:
+        if self.input_skip == "mean":
             # w_i ∝ exp(−|DPM_i|/τ): a permutation-invariant, any-M pass-through of the nearest inputs
             wgt = torch.softmax(-dpms.abs().to(images.dtype) / self.skip_log_tau.exp(), dim=1)
+            out = out + (wgt * images).sum(1, keepdim=True)
+        elif self.input_skip == "plane":
+            # w_i = exp(−(DPM_i/τ_p)²): an input passes through at its own plane only
+            tau = PLANE_SKIP_TAU_UM / 10.0
+            wgt = torch.exp(-(dpms.to(images.dtype) / tau) ** 2)
             out = out + (wgt * images).sum(1, keepdim=True)
         return out
 

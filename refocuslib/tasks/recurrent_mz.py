@@ -119,7 +119,7 @@ class RecurrentMZTask(_LazyData, TrainTask):
     def __init__(self, data: DataLike, val_data: DataLike, width: float = 1.0, levels: int = 4,
                  batch_size: int = 4, crop_px: int = 64, n_inputs: Sequence[int] = (2, 3), jitter_planes: int = 1,
                  adv_weight: float = 0.5, disc_channels: Sequence[int] = (64, 128, 256, 512), n_val: int = 8,
-                 seed: int = 0, norm: str = "batch", input_skip: bool = False):
+                 seed: int = 0, norm: str = "batch", input_skip=False):
         self._init_data(data, val_data)
         torch.manual_seed(seed)
         self.generator = RecurrentMZ(width=width, levels=levels, norm=norm, input_skip=input_skip)
