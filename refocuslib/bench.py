@@ -468,7 +468,9 @@ def bench_train(n: int | None = None, seed: int = 0, recipes_=TRAIN_RECIPES) -> 
     and the share of a step spent simulating its batch (``make_batch`` timed alone against a whole step), for ``n``
     (default 20) steps after the data pool is built. Ratio, in the same process: fit with the background-thread
     prefetch (the default for tasks whose batches do not depend on trained weights, when torch leaves a core free)
-    over fit without it; each pair follows an untimed warm-up run."""
+    over fit without it; each pair follows an untimed warm-up run. ``data_share_exposed``: the share of a
+    prefetched step still spent waiting for data, 1 − (t_step − t_data)/t_step_prefetch (0 when the background
+    thread hides the simulation completely; clipped to [0, 1])."""
     import tempfile
 
     import torch
@@ -499,6 +501,7 @@ def bench_train(n: int | None = None, seed: int = 0, recipes_=TRAIN_RECIPES) -> 
         out[f"{name}_steps_per_s_prefetch"] = rates[True]
         out[f"{name}_prefetch_speedup"] = rates[True] / rates[False]
         out[f"{name}_data_share"] = min(1.0, t_data / t_step)
+        out[f"{name}_data_share_exposed"] = float(np.clip(1.0 - (t_step - t_data) * rates[True], 0.0, 1.0))
         out[f"{name}_prefetch_used"] = bool(getattr(task, "prefetch_safe", False))
     return out
 

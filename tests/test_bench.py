@@ -39,6 +39,7 @@ def test_train_bench_reports_steps_per_s_data_share_and_prefetch_ratio():
         v = out[f"deepz_beads_{key}"]
         assert math.isfinite(v) and v > 0
     assert out["deepz_beads_prefetch_used"] is True
+    assert 0.0 <= out["deepz_beads_data_share_exposed"] <= 1.0
 
 
 def test_deepstorm3d_real_frame_bench_times_every_stage_of_the_shipped_model():
