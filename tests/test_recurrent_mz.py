@@ -267,8 +267,10 @@ def test_input_skip_passes_inputs_through_and_stays_order_free():
 
 
 def test_plane_skip_passes_an_input_through_at_its_own_plane_only():
-    """input_skip='plane': with the network's own output off, the output is the input at DPM 0, (almost) nothing
-    half a micron away (unlike the softmax 'mean' skip, which carries the nearest input there), order-free."""
+    """input_skip='plane': the output is the measured input at DPM 0 whatever the network says (its own output is
+    set to a constant 7 here), the network's own output half a micron away (with its output off: (almost) nothing,
+    unlike the softmax 'mean' skip, which carries the nearest input there); repeated inputs at one plane give their
+    mean; order-free."""
     from refocuslib.models.recurrent_mz import PLANE_SKIP_TAU_UM, skip_mode
     net = RecurrentMZ(width=0.25, levels=2, norm="none", input_skip="plane").eval()
     mean = RecurrentMZ(width=0.25, levels=2, norm="none", input_skip=True).eval()
@@ -284,6 +286,11 @@ def test_plane_skip_passes_an_input_through_at_its_own_plane_only():
         assert float(mean(x, d_half).mean()) > 0.5 * float(x[:, 0].mean())             # 'mean' carries it over
         p = [2, 0, 1]
         assert torch.allclose(net(x[:, p], d0[:, p]), net(x, d0), atol=1e-6)
+        rep = torch.zeros(1, 3, 16, 16)                                    # three inputs at the output plane
+        assert torch.allclose(net(x, rep)[:, 0], x.mean(1), atol=1e-6)
+        net.head.bias.fill_(7.0)                                           # the network's own output: 7
+        assert torch.allclose(net(x, d0)[:, 0], x[:, 0], atol=1e-6)
+        assert torch.allclose(net(x, d_half), torch.full_like(x[:, :1], 7.0), atol=1e-6)
     assert PLANE_SKIP_TAU_UM <= 0.15   # narrower than the 0.25–0.5 µm output planes of the recipes
     assert (skip_mode(True), skip_mode(False), skip_mode("plane")) == ("mean", "none", "plane")
     with pytest.raises(ValueError, match="input_skip"):

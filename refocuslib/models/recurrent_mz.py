@@ -115,9 +115,10 @@ class RecurrentMZ(nn.Module):
 
     * ``True`` / ``'mean'``: w_i = softmax_i(−|DPM_i|/τ) with a learnt τ — the network learns a correction to a
       DPM-weighted mean of its inputs, which carries the nearest input (and its noise) into the planes around it;
-    * ``'plane'``: w_i = exp(−(DPM_i/τ_p)²), τ_p = :data:`PLANE_SKIP_TAU_UM` / 10 fixed, not normalised — 1 at an
-      input's own plane (DPM 0: the measured plane passes through), < 10⁻¹⁰ half a micron away, so every other
-      plane is the network's own inference;
+    * ``'plane'``: a gate, out = (1 − g)·net + g·Σ_i w_i·image_i / Σ_i w_i with w_i = exp(−(DPM_i/τ_p)²),
+      g = max_i w_i and τ_p = :data:`PLANE_SKIP_TAU_UM` / 10 fixed — at an input's own plane (DPM 0) the measured
+      plane passes through, half a micron away g < 10⁻¹⁰ and the plane is the network's own inference (which
+      therefore never has to output a jump at DPM 0);
     * ``False`` / ``'none'``: no pass-through (the paper's architecture).
 
     Inputs whose size is not a multiple of 2^(levels−1) are padded by reflection and cropped back.
@@ -189,10 +190,12 @@ class RecurrentMZ(nn.Module):
             wgt = torch.softmax(-dpms.abs().to(images.dtype) / self.skip_log_tau.exp(), dim=1)
             out = out + (wgt * images).sum(1, keepdim=True)
         elif self.input_skip == "plane":
-            # w_i = exp(−(DPM_i/τ_p)²): an input passes through at its own plane only
+            # gate g = max_i exp(−(DPM_i/τ_p)²): an input replaces the network's output at its own plane only
             tau = PLANE_SKIP_TAU_UM / 10.0
             wgt = torch.exp(-(dpms.to(images.dtype) / tau) ** 2)
-            out = out + (wgt * images).sum(1, keepdim=True)
+            gate = wgt.amax(1, keepdim=True)
+            measured = (wgt * images).sum(1, keepdim=True) / wgt.sum(1, keepdim=True).clamp_min(1e-30)
+            out = (1 - gate) * out + gate * measured
         return out
 
     @torch.no_grad()
