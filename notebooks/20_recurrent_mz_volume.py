@@ -27,9 +27,10 @@
 # with the scalar wide-field PSF of a 63×/1.4 NA objective, Poisson + read noise, Deep-Z normalisation. Targets
 # are the planes of the same noisy scan (as the paper's mechanical scan). All four methods see the same held-out
 # volumes. The networks are the shipped CPU models of `refocuslib/recipes.yaml` (`rmz_nuclei`,
-# `deepz_volume_nuclei`, `unet3d_nuclei`, `rmz_beads`): narrow (Recurrent-MZ width ½, 3 levels), GroupNorm instead
-# of batch normalisation (batch 8 of sparse crops), an input pass-through that the network corrects (a DPM-weighted
-# mean of its inputs; not in the paper), no adversarial term, a few thousand steps on one CPU thread each. The
+# `deepz_volume_nuclei`, `unet3d_nuclei`, `rmz_beads`): narrow (Recurrent-MZ width ½, the paper's 4 levels),
+# GroupNorm instead of batch normalisation (batches of 16 sparse crops), each input passed through at its own plane
+# only (a gate on |DPM| < 0.1 µm, not in the paper: every other plane is the network's own inference), no
+# adversarial term, a few thousand steps on one CPU thread each. The
 # nuclei scans are 64 × 64 × 17 planes (0.5 µm); the three inputs lie Δz = 4 µm apart, about two nucleus
 # radii, so a nucleus between two inputs is out of focus in both (the paper: Δz = 6 µm for nuclei of ≈ 3 µm).
 #
@@ -233,7 +234,9 @@ rec.claim("Recurrent-MZ beats interpolation, Deep-Z and the 3D U-Net in PSNR and
 v_inp = ev.input_planes_claim(at_inputs["recurrent_mz"], at_inputs["deepz"], tol_db=1.0)
 rec.claim("At its input planes Recurrent-MZ is within 1 dB of Deep-Z at dz = 0", "Fig. 2",
           "Recurrent-MZ 36.47 dB next to an input plane", f"{np.mean(at_inputs['recurrent_mz']):.2f} dB vs "
-          f"{np.mean(at_inputs['deepz']):.2f} dB (Deep-Z)", v_inp, "targets are the noisy scan itself there")
+          f"{np.mean(at_inputs['deepz']):.2f} dB (Deep-Z)", v_inp,
+          "targets are the noisy scan itself there, which the shipped model's gate passes through by construction "
+          "(PSNR ∞); the paper's network had to learn it")
 kl_se = {}   # bootstrap over beads of the paired KL difference (Recurrent-MZ − interpolation)
 for ax in ("lateral", "axial"):
     ref = (fw["scan"][f"{ax}_um"], fw["scan"][f"{ax}_ok"], edges[ax])

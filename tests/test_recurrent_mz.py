@@ -361,6 +361,11 @@ def test_input_planes_claim():
     assert ev_rmz.input_planes_claim(deepz - 2.0, deepz).holds is False
     assert ev_rmz.input_planes_claim(np.full(5, 12.0), deepz).holds is False   # zero output
     assert ev_rmz.input_planes_claim(deepz[:2], deepz[:2]).holds is None
+    exact = ev_rmz.input_planes_claim(np.full(5, np.inf), deepz)   # the measured planes passed through exactly
+    assert exact.holds is True and exact.n_items == 5 and "5 of 5 volumes reproduced exactly" in exact.detail
+    assert ev_rmz.input_planes_claim(np.array([np.inf, 12, 12, 12, 12.0]), deepz).holds is False  # no hiding
+    assert ev_rmz.input_planes_claim(np.array([np.inf, 31.8, 31.8, 31.8, 31.8]), deepz).holds is True
+    assert ev_rmz.input_planes_claim(np.full(5, np.nan), deepz).holds is None
 
 
 def _bead_volume(xyz_um, shape=(17, 48, 48), px=0.1, dz=0.25, sx=0.09, sz=0.3, shift_z=0.0):
