@@ -213,9 +213,10 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)  # a few small convolutions: extra threads only contend on a busy CI machine
     out = tmp_path_factory.mktemp("deepz") / "run"
     task = _small_task(gan=False)  # MAE term only (Eq. 4 with α = 0); the GAN path is trained in the resume test
-    # the shipped recipes' schedule shape (warm-up, then cosine decay), 300 steps
-    res = train_deepz(task, out, steps=300, lr_g=3e-3, schedule="cosine", warmup_steps=50, min_lr_ratio=0.02,
-                      val_every=100, ckpt_every=300, progress=False)
+    # the shipped recipes' schedule shape (warm-up, then cosine decay), 600 steps: at 300 the validation NRMSE sat
+    # at the all-zero image's 1.0 (1.05 on the 2026-12-07 machine, a float-order margin), at 600 it is 0.85
+    res = train_deepz(task, out, steps=600, lr_g=3e-3, schedule="cosine", warmup_steps=50, min_lr_ratio=0.02,
+                      val_every=100, ckpt_every=600, progress=False)
     torch.set_num_threads(threads)
     return task, res, out
 
@@ -223,13 +224,13 @@ def trained(tmp_path_factory):
 def test_short_training_lowers_validation_mae(trained):
     _, res, _ = trained
     vals = [v["val_loss"] for v in res.validation]
-    assert res.validation[0]["step"] == 0 and res.validation[-1]["step"] == 300
+    assert res.validation[0]["step"] == 0 and res.validation[-1]["step"] == 600
     assert min(vals[1:]) < 0.5 * vals[0]
 
 
 def test_short_training_beats_the_zero_image_on_held_out_samples(trained):
     """The validation pairs come from a separate sample pool; NRMSE against the noise-free target, where an all-zero
-    output scores exactly 1 (300 steps of a tiny network: better than darkness; the refocusing claims belong to the
+    output scores exactly 1 (600 steps of a tiny network: better than darkness; the refocusing claims belong to the
     shipped model below and to the notebooks)."""
     _, res, _ = trained
     best = min(res.validation[1:], key=lambda v: v["val_loss"])
