@@ -201,8 +201,8 @@ for name in names[1:]:
 # ## 3 · Recurrent-MZ ensemble on volumes
 # Members: the shipped recipes `rmz_nuclei` (notebook 20's model) and `rmz_nuclei_s1`, `rmz_nuclei_s2` (seeds 1 and
 # 2 of the recipe `rmz_nuclei` had until 2026-12-07: 3 levels, batch 8, the softmax input pass-through; not retrained
-# with the 4-level gate for want of CPU time, so the members differ in architecture as well as in seed). Conditions: held-out nuclei; beads (an
-# unseen sample type on the same scan grid); nuclei with 5 % of the photons.
+# with the 4-level gate for want of CPU time, so the members differ in architecture as well as in seed).
+# Conditions: held-out nuclei; beads (an unseen sample type on the same scan grid); nuclei with 5 % of the photons.
 
 # %%
 t0 = time.time()

@@ -381,15 +381,13 @@ def input_planes_claim(rmz_psnr_inputs, deepz_psnr_inputs, tol_db: float = 1.0, 
     and the mean is taken over the other volumes (so one exact volume cannot hide poor ones); NaN volumes do not
     count. Items: test volumes."""
     a, b = np.asarray(rmz_psnr_inputs, float), np.asarray(deepz_psnr_inputs, float)
-    d = a - b
-    exact = np.isposinf(a) & np.isfinite(b)
-    keep = np.isfinite(d) | exact
-    n, n_exact = int(keep.sum()), int(exact.sum())
+    n_exact = int(np.sum(np.isposinf(a) & np.isfinite(b)))
+    mu, se, n_finite = paired_stats(a, b)                   # over the volumes with a finite difference
+    n = n_finite + n_exact
     if n == 0:
         return verdict(None, 0, min_items, "no finite PSNR at the input planes")
-    fin = d[np.isfinite(d)]
-    mu = float(np.mean(fin)) if fin.size else float("inf")   # +inf: every volume reproduced exactly
-    se = float(fin.std(ddof=1) / np.sqrt(fin.size)) if fin.size > 1 else float("nan")
+    if n_finite == 0:
+        mu = float("inf")                                   # every volume reproduced exactly
     return verdict(bool(mu >= -float(tol_db)), n, min_items,
                    f"{np.mean(a):.2f} dB vs {np.mean(b):.2f} dB (Deep-Z, dz = 0): {mu:+.2f} ± {se:.2f} dB"
                    + (f"; {n_exact} of {n} volumes reproduced exactly at their input planes" if n_exact else ""))

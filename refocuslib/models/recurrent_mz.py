@@ -111,9 +111,10 @@ class RecurrentMZ(nn.Module):
 
     ``width`` scales every channel count (1.0: encoder 10/20, 20/40, 40/80, 80/160 for ``levels=4``);
     ``levels`` encoder blocks (2 … 6); ``norm`` 'batch' | 'group' | 'none' (:func:`swap_norm`).
-    ``input_skip`` (not in the paper; CPU recipes) adds Σ_i w_i·image_i to the network's output (order-free, any M):
+    ``input_skip`` (not in the paper; CPU recipes) mixes the input images into the network's output (order-free,
+    any M):
 
-    * ``True`` / ``'mean'``: w_i = softmax_i(−|DPM_i|/τ) with a learnt τ — the network learns a correction to a
+    * ``True`` / ``'mean'``: adds Σ_i w_i·image_i, w_i = softmax_i(−|DPM_i|/τ) with a learnt τ — the network learns a correction to a
       DPM-weighted mean of its inputs, which carries the nearest input (and its noise) into the planes around it;
     * ``'plane'``: a gate, out = (1 − g)·net + g·Σ_i w_i·image_i / Σ_i w_i with w_i = exp(−(DPM_i/τ_p)²),
       g = max_i w_i and τ_p = :data:`PLANE_SKIP_TAU_UM` / 10 fixed — at an input's own plane (DPM 0) the measured
